@@ -1,0 +1,48 @@
+"""Shared pytest fixtures (no network, no GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_BERT_WORDS = (
+    "[PAD] [UNK] [CLS] [SEP] [MASK] . , the a of in and with no is are was were "
+    "nuclei evenly distributed dense sparse irregularly large small cells cell tissue "
+    "lesion lesions left right upper middle lower lung lungs bilateral pulmonary infection infected "
+    "area areas one two three all zone zones "
+    "computerized tomography liver kidney pancreas colon tumor cyst cancer"
+).split()
+"""Vocabulary of the tiny test tokenizer (lower-case words; anything else becomes [UNK])."""
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with a tiny random BERT (hidden 32, 2 layers, 2 heads, 64 positions) and a real WordPiece tokenizer.
+
+    Written with ``save_pretrained`` (config.json, model.safetensors, tokenizer files), i.e. the layout
+    :class:`common.text_encoder.FrozenTextEncoder` loads offline. Deterministic weights (seed 0). Read-only by
+    convention: tests must not write into it.
+    """
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    vocab_dir = tmp_path_factory.mktemp("tiny_bert_vocab")
+    (vocab_dir / "vocab.txt").write_text("\n".join(TINY_BERT_WORDS) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer.from_pretrained(str(vocab_dir))  # reads vocab.txt (works in transformers 4 and 5)
+    config = BertConfig(
+        vocab_size=len(TINY_BERT_WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    rng_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    model = BertModel(config)
+    torch.random.set_rng_state(rng_state)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder

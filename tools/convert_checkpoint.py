@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Convert third-party checkpoints into the weights our bundles load (``{"model": state_dict}``, ``.pt``).
+
+    python tools/convert_checkpoint.py generative --network CONFIG.json#network_def --src old.pt --dst models/model.pt
+    python tools/convert_checkpoint.py --list
+
+``generative``: a checkpoint of the frozen ``monai-generative`` package (DiffusionModelUNet, AutoencoderKL,
+ControlNet, ...) into the MONAI core class built from ``--network`` (a bundle config file and the id of the network
+definition in it, or a JSON file with a ``_target_`` component). Every old key must map to a new one and every new
+key must be filled; otherwise the tool stops with the list of keys (see ``common.legacy_checkpoints``).
+
+Bundles register their own converters (authors' released weights) in ``common`` with
+``@register_checkpoint_converter``; they appear here as further sub-commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from common.errors import BadInputError  # noqa: E402
+from common.legacy_checkpoints import (  # noqa: E402
+    available_checkpoint_converters,
+    convert_generative_state_dict,
+    get_checkpoint_converter,
+    load_state_dict_file,
+    register_checkpoint_converter,
+)
+
+#: modules that register bundle-specific converters when imported (added by the bundle issues)
+CONVERTER_MODULES: tuple[str, ...] = ()
+
+
+def build_network(spec: str):
+    """Instantiate the network described by ``FILE.json#id`` (a bundle config id) or ``FILE.json`` (a component)."""
+    from monai.bundle import ConfigParser
+
+    file, _, cid = spec.partition("#")
+    if not Path(file).is_file():
+        raise BadInputError(file, "network config file not found")
+    parser = ConfigParser()
+    parser.read_config(file)
+    if "device" in parser:
+        parser["device"] = "$torch.device('cpu')"
+    if not cid:
+        return parser.get_parsed_content()
+    if cid not in parser:
+        raise BadInputError(file, f"no id {cid!r} in the config")
+    return parser.get_parsed_content(cid)
+
+
+@register_checkpoint_converter("generative")
+def convert_generative(args: argparse.Namespace) -> Path:
+    """monai-generative checkpoint -> MONAI core network weights."""
+    from common.atomic import atomic_torch_save
+
+    net = build_network(args.network)
+    old = load_state_dict_file(args.src, key=args.key)
+    new = convert_generative_state_dict(net, old, source=args.src)
+    atomic_torch_save({"model": new}, args.dst)
+    print(f"converted {len(old)} tensors of {args.src} into {type(net).__name__} -> {args.dst}")
+    return Path(args.dst)
+
+
+def _generative_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--network", required=True, help="CONFIG.json#network_def (bundle config + id) or a component JSON")
+    p.add_argument("--src", required=True, help="monai-generative checkpoint (.pt/.pth/.safetensors)")
+    p.add_argument("--dst", required=True, help="output .pt holding {'model': state_dict}")
+    p.add_argument("--key", default=None, help="top-level key holding the weights in --src (auto-detected if omitted)")
+
+
+convert_generative.add_arguments = _generative_args  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> int:
+    for mod in CONVERTER_MODULES:
+        importlib.import_module(mod)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--list", action="store_true", help="list the available converters")
+    sub = ap.add_subparsers(dest="name")
+    for name in available_checkpoint_converters():
+        fn = get_checkpoint_converter(name)
+        p = sub.add_parser(name, help=(fn.__doc__ or "").strip().split("\n")[0] or None)
+        fn.add_arguments(p)
+    args = ap.parse_args(argv)
+    if args.list or not args.name:
+        print("available converters:", ", ".join(available_checkpoint_converters()))
+        return 0 if args.list else 2
+    try:
+        get_checkpoint_converter(args.name)(args)
+    except BadInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
