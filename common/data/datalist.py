@@ -16,8 +16,9 @@ or absolute) and carries the metadata the bundles need::
       "test":       [...]                       # same, "label" optional
     }
 
-Entries may carry extra keys (``text_source`` = "dataset" | "generated", ``fold``, ...). Any further top-level list
-is a split too (e.g. ``unlabelled`` for images without labels, where ``label`` is optional as in ``test``).
+Entries may carry extra keys (``text_source`` = "dataset" | "generated", ``fold``, ...). ``unlabelled`` (images
+without labels) and any further top-level list of objects are splits too; ``label`` is optional in ``test`` and
+``unlabelled``. Other top-level keys are metadata (e.g. ``image_channels``, ``label_mapping`` of the MSD converter).
 Caveat inherited from MONAI: :func:`monai.data.load_decathlon_datalist` turns any string value that names an
 existing path relative to the datalist folder into an absolute path, so converters never write folders named like a
 case id or a text next to the datalist.
@@ -50,6 +51,7 @@ __all__ = [
     "STANDARD_SPLITS",
     "UNLABELLED_SPLITS",
     "atomic_output_path",
+    "datalist_splits",
     "kfold_splits",
     "load_datalist",
     "read_datalist",
@@ -95,7 +97,15 @@ def atomic_output_path(path: str | PathLike) -> Iterator[Path]:
 
 
 def _is_split(key: str, value: Any) -> bool:
-    return key in STANDARD_SPLITS or isinstance(value, list)
+    """A split is a standard split name, ``unlabelled``, or any other top-level list of objects."""
+    if key in STANDARD_SPLITS or key in UNLABELLED_SPLITS:
+        return True
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def datalist_splits(datalist: Mapping[str, Any]) -> list[str]:
+    """Names of the splits of a datalist document, in file order."""
+    return [k for k, v in datalist.items() if _is_split(k, v)]
 
 
 def _resolve(base: Path, value: Any) -> Any:
@@ -128,7 +138,7 @@ def validate_datalist(
         raise BadInputError(source, f"spatial_dims must be 2 or 3, got {datalist['spatial_dims']!r}")
     for key in ("modality", "labels"):
         if not isinstance(datalist[key], Mapping) or not datalist[key]:
-            raise BadInputError(source, f"{key!r} must be a non-empty object like {{\"0\": \"...\"}}")
+            raise BadInputError(source, f'{key!r} must be a non-empty object like {{"0": "..."}}')
         bad = [k for k in datalist[key] if not str(k).isdigit()]
         if bad:
             raise BadInputError(source, f"{key!r} keys must be integer strings, got {bad}")
@@ -159,7 +169,8 @@ def validate_datalist(
                 raise BadInputError(source, f"split {split!r}, case {cid!r}: entry without text (empty 'text')")
             if cid in seen:
                 raise BadInputError(
-                    source, f"duplicate case id {cid!r} (in split {seen[cid]!r} and split {split!r}); case ids must be unique"
+                    source,
+                    f"duplicate case id {cid!r} (in split {seen[cid]!r} and split {split!r}); case ids must be unique",
                 )
             seen[cid] = split
             if base_dir is None:
@@ -225,7 +236,7 @@ def load_datalist(
     path = Path(path)
     doc = read_datalist(path, check_files=False)
     if split not in doc or not _is_split(split, doc[split]):
-        splits = [k for k, v in doc.items() if _is_split(k, v)]
+        splits = datalist_splits(doc)
         raise BadInputError(path, f"missing split {split!r}; the file has splits {splits}")
     entries = copy.deepcopy(doc[split])
     if not entries and not allow_empty:
@@ -280,7 +291,8 @@ def split_cases(
         n_val = 1
     if n - n_test - n_val < 1:
         raise BadInputError(
-            "case_ids", f"{n} case(s) leave none for training with val_fraction={val_fraction}, test_fraction={test_fraction}"
+            "case_ids",
+            f"{n} case(s) leave none for training with val_fraction={val_fraction}, test_fraction={test_fraction}",
         )
     order = np.random.default_rng(seed).permutation(n)
     shuffled = [ids[i] for i in order]

@@ -60,8 +60,8 @@ NUCLEI_PATTERNS: tuple[str, ...] = (
 
 #: rule thresholds of :func:`nuclei_pattern`
 SPARSE_AREA_FRACTION = 0.05  # nuclei cover < 5 % of the image -> "sparsely distributed"
-QUADRANT_RATIO = 1.6  # a quadrant holds >= 40 % of the nuclei area (1.6 x its 25 % share)
-HALF_RATIO = 1.4  # a half holds >= 70 % of the nuclei area
+QUADRANT_RATIO = 2.0  # a quadrant holds >= 50 % of the nuclei area (2 x its 25 % share)
+HALF_RATIO = 1.3  # a half holds >= 65 % of the nuclei area
 AROUND_RATIO = 1.5  # density outside the central box >= 1.5 x density inside it ("higher around")
 EVEN_MAX_CV = 0.5  # coefficient of variation of the 4x4-cell densities <= 0.5 -> "evenly", else "irregularly"
 
@@ -107,7 +107,7 @@ def count_components_2d(mask: np.ndarray) -> int:
     """Number of 4-connected foreground components of a 2D mask ``(H, W)``.
 
     Hand-written because scipy is not a dependency: min-label propagation over the 4 neighbours plus pointer
-    jumping, vectorised in numpy (iterations ~ log of the component diameter after jumping; fast for nuclei).
+    jumping, vectorised in numpy (~0.3 s for a 1000x1000 MoNuSeg mask; slower for long thin components).
     """
     fg = np.asarray(mask).astype(bool)
     if fg.ndim != 2:
@@ -116,23 +116,25 @@ def count_components_2d(mask: np.ndarray) -> int:
         return 0
     h, w = fg.shape
     big = h * w
+    idx = np.flatnonzero(fg)
     lab = np.where(fg, np.arange(big).reshape(h, w), big)
     while True:
         new = lab.copy()
-        new[1:, :] = np.minimum(new[1:, :], lab[:-1, :])
-        new[:-1, :] = np.minimum(new[:-1, :], lab[1:, :])
-        new[:, 1:] = np.minimum(new[:, 1:], lab[:, :-1])
-        new[:, :-1] = np.minimum(new[:, :-1], lab[:, 1:])
-        new = np.where(fg, new, big)
+        np.minimum(new[1:, :], lab[:-1, :], out=new[1:, :])
+        np.minimum(new[:-1, :], lab[1:, :], out=new[:-1, :])
+        np.minimum(new[:, 1:], lab[:, :-1], out=new[:, 1:])
+        np.minimum(new[:, :-1], lab[:, 1:], out=new[:, :-1])
+        new[~fg] = big
         flat = new.ravel()
-        inside = flat < big
-        for _ in range(2):  # pointer jumping: follow each label to its own label
-            flat[inside] = flat[flat[inside]]
+        while True:  # pointer jumping: a pixel takes the label of the pixel its label points to
+            nxt = flat[flat[idx]]
+            if np.array_equal(nxt, flat[idx]):
+                break
+            flat[idx] = nxt
         if np.array_equal(new, lab):
             break
         lab = new
-    flat = lab.ravel()
-    return int(np.count_nonzero(flat[flat < big] == np.flatnonzero(flat < big)))
+    return int(np.count_nonzero(lab.ravel()[idx] == idx))
 
 
 def _region_ratio(fg: np.ndarray, region: np.ndarray, total: float) -> float:
@@ -186,11 +188,7 @@ def nuclei_pattern(mask: np.ndarray) -> str:
     outer = fg[~centre].mean()
     if outer >= AROUND_RATIO * max(inner, 1e-12):
         return "around"
-    cells = [
-        block.mean()
-        for band in np.array_split(fg, 4, axis=0)
-        for block in np.array_split(band, 4, axis=1)
-    ]
+    cells = [block.mean() for band in np.array_split(fg, 4, axis=0) for block in np.array_split(band, 4, axis=1)]
     cv = float(np.std(cells) / max(np.mean(cells), 1e-12))
     return "even" if cv <= EVEN_MAX_CV else "irregular"
 
@@ -271,6 +269,10 @@ def structure_sides(
     return sides
 
 
+def _capitalised(words: str) -> str:
+    return words[:1].upper() + words[1:]
+
+
 def _is_lesion(name: str) -> bool:
     low = name.lower()
     return any(w in low for w in LESION_WORDS)
@@ -298,6 +300,7 @@ def describe_labelled_volume(
         region: body region words (see :func:`body_region`).
         side_reference: ``"fov_center"`` adds left/right; ``"none"`` omits sides.
     """
+    modality = _capitalised(modality)
     classes = sorted(int(k) for k in label_names if int(k) != 0)
     present = [c for c in classes if np.any(label == c)]
     if not present:
@@ -308,14 +311,20 @@ def describe_labelled_volume(
         name = label_names[str(c)]
         side = sides.get(c)
         if _is_lesion(name):
-            phrases.append(f"a {name}" + ("" if side is None else " on both sides" if side == "both" else f" on the {side}"))
+            phrases.append(
+                f"a {name}" + ("" if side is None else " on both sides" if side == "both" else f" on the {side}")
+            )
         else:
             phrases.append(
-                f"the {name}" if side is None else f"the {name} on both sides" if side == "both" else f"the {side} {name}"
+                f"the {name}"
+                if side is None
+                else f"the {name} on both sides"
+                if side == "both"
+                else f"the {side} {name}"
             )
     return f"{modality} of the {region} showing {_join(phrases)}."
 
 
 def describe_unlabelled_volume(modality: str, region: str) -> str:
     """Sentence for an image without label (MSD ``imagesTs``): "<modality> of the <region>."."""
-    return f"{modality} of the {region}."
+    return f"{_capitalised(modality)} of the {region}."
