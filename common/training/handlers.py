@@ -1,0 +1,131 @@
+"""Progress display and TensorBoard logging for training engines, from MONAI/ignite handlers.
+
+MONAI bundles list handlers in ``train#handlers`` and the workflow calls ``handler.attach(engine)`` on each.
+MONAI's ``StatsHandler``, ``TensorBoardStatsHandler`` and ``LrScheduleHandler`` fit that directly. Two small
+adapters are added here because their ignite counterparts need extra ``attach`` arguments a config cannot pass:
+
+- :class:`EpochAverageLoss` -- ignite's ``Average`` metric of the iteration loss, attached under a name so
+  ``StatsHandler``/``TensorBoardStatsHandler`` report the **epoch** loss next to the iteration loss;
+- :class:`ProgressBarHandler` -- ignite's tqdm ``ProgressBar`` showing the loss; hidden when stderr is not a
+  terminal (``disable=None``), so log files of non-interactive runs (MONAI Label, CI) stay clean.
+
+:func:`standard_train_handlers` builds the usual list for Python-built engines (GAN/diffusion loops). In a bundle
+config, write the same list in JSON (MONAI Label inserts its ``CheckpointLoader`` into that list, so it must be a
+list, not a ``$`` expression)::
+
+    "handlers": [
+      {"_target_": "common.training.EpochAverageLoss", "name": "train_loss_epoch"},
+      {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": true},
+      {"_target_": "StatsHandler", "tag_name": "train_loss",
+       "output_transform": "$common.training.LossOutput('loss')"},
+      {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "tag_name": "train_loss",
+       "output_transform": "$common.training.LossOutput('loss')"},
+      {"_target_": "common.training.ProgressBarHandler"}
+    ]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from ignite.handlers import ProgressBar
+from ignite.metrics import Average
+from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
+
+__all__ = ["LossOutput", "EpochAverageLoss", "ProgressBarHandler", "standard_train_handlers"]
+
+
+class LossOutput:
+    """``output_transform`` returning the loss of an engine output as a float.
+
+    Works for MONAI trainers (``state.output`` is a dict, or a list of dicts after decollation) and custom ignite
+    engines returning a dict, a tensor or a number. Picklable (unlike a lambda).
+
+    Args:
+        key: the loss entry of a dict output (e.g. ``"loss"``, ``"loss_g"`` for a GAN generator).
+    """
+
+    def __init__(self, key: str = "loss") -> None:
+        self.key = key
+
+    def __call__(self, output: Any) -> float:
+        if isinstance(output, Sequence) and not isinstance(output, (str, torch.Tensor)) and output:
+            output = output[0]
+        if isinstance(output, Mapping):
+            output = output[self.key]
+        return float(output.detach().float().mean()) if isinstance(output, torch.Tensor) else float(output)
+
+
+class EpochAverageLoss:
+    """Average of the iteration loss over each epoch, stored in ``engine.state.metrics[name]``.
+
+    Attach it before ``StatsHandler``/``TensorBoardStatsHandler`` (earlier in ``train#handlers``) so their epoch
+    logs include it. Wraps ``ignite.metrics.Average``.
+    """
+
+    def __init__(self, name: str = "train_loss_epoch", output_transform: Any = None) -> None:
+        self.name = name
+        self.output_transform = output_transform if output_transform is not None else LossOutput("loss")
+
+    def attach(self, engine: Engine) -> None:
+        Average(output_transform=self.output_transform).attach(engine, self.name)
+
+
+class ProgressBarHandler:
+    """ignite's tqdm ``ProgressBar`` with the loss, attachable by MONAI workflows (``attach(engine)`` only).
+
+    Args:
+        output_transform: what to show (default: the ``"loss"`` entry as a float).
+        persist: keep the bar after each epoch.
+        tqdm_kwargs: passed to tqdm; default ``disable=None`` hides the bar when stderr is not a terminal.
+    """
+
+    def __init__(self, output_transform: Any = None, persist: bool = False, **tqdm_kwargs: Any) -> None:
+        self.output_transform = output_transform if output_transform is not None else LossOutput("loss")
+        tqdm_kwargs.setdefault("disable", None)
+        self.bar = ProgressBar(persist=persist, **tqdm_kwargs)
+
+    def attach(self, engine: Engine) -> None:
+        self.bar.attach(engine, output_transform=lambda out: {"loss": self.output_transform(out)})
+
+
+def standard_train_handlers(
+    log_dir: str | None = None,
+    lr_scheduler: Any = None,
+    epoch_level_lr: bool = True,
+    loss_key: str = "loss",
+    tag_name: str = "train_loss",
+    progress_bar: bool = True,
+    iteration_log: bool | int = True,
+) -> list:
+    """The usual training handler list: epoch-average loss, LR schedule, console stats, TensorBoard, progress bar.
+
+    Args:
+        log_dir: TensorBoard folder; ``None`` skips TensorBoard.
+        lr_scheduler: a torch LR scheduler stepped by ``monai.handlers.LrScheduleHandler`` (``None`` skips).
+        epoch_level_lr: step the scheduler per epoch (else per iteration).
+        loss_key: the loss entry of the engine output.
+        tag_name: name of the iteration loss in logs.
+        progress_bar: add :class:`ProgressBarHandler`.
+        iteration_log: log every iteration (``True``), never (``False``) or every N iterations (TensorBoard).
+
+    Returns:
+        handlers to pass as ``train_handlers`` to a MONAI trainer, or to ``h.attach(engine)`` one by one.
+    """
+    out_t = LossOutput(loss_key)
+    handlers: list = [EpochAverageLoss(f"{tag_name}_epoch", out_t)]
+    if lr_scheduler is not None:
+        handlers.append(LrScheduleHandler(lr_scheduler, print_lr=True, epoch_level=epoch_level_lr))
+    handlers.append(StatsHandler(tag_name=tag_name, output_transform=out_t, iteration_log=bool(iteration_log)))
+    if log_dir is not None:
+        handlers.append(
+            TensorBoardStatsHandler(
+                log_dir=log_dir, tag_name=tag_name, output_transform=out_t, iteration_log=iteration_log
+            )
+        )
+    if progress_bar:
+        handlers.append(ProgressBarHandler(out_t))
+    return handlers
