@@ -341,7 +341,7 @@ def test_segmentation_evaluation_as_bundle_step(tmp_path):
     (preds / "a").mkdir(parents=True)
     save_nifti(preds / "a" / "a_seg.nii.gz", gt)  # SaveImage(separate_folder=True) layout
     save_nifti(preds / "b_seg.nii.gz", np.zeros_like(gt))  # flat layout, empty prediction
-    datalist = {"testing": [{"image": "data/a.nii.gz", "label": "data/a_label.nii.gz"},
+    datalist = {"test": [{"image": "data/a.nii.gz", "label": "data/a_label.nii.gz"},
                             {"image": "data/b.nii.gz", "label": "data/b_label.nii.gz"}]}
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
 

@@ -464,7 +464,7 @@ class SegmentationEvaluation:
     """Evaluation step for a MONAI bundle: predictions in ``pred_dir`` vs the labels of a datalist.
 
     Args:
-        datalist_or_cases: a datalist JSON file (MONAI / Decathlon style: ``{"testing": [{"image": ..., "label":
+        datalist_or_cases: a datalist JSON file (MONAI / Decathlon style: ``{"test": [{"image": ..., "label":
             ...}, ...]}`` or a plain list), or a list of such dicts. Relative paths are resolved against
             ``base_dir`` (default: the JSON file's folder, or the current folder for a list). Case ids are the
             entry's ``case_id`` / ``id``, else the image file name without extension (else the label's).
@@ -504,7 +504,7 @@ class SegmentationEvaluation:
         class_names: Sequence[str] | None = None,
         pred_postfix: str = "_seg",
         overlay: bool = True,
-        datalist_key: str = "testing",
+        datalist_key: str = "test",
         base_dir: str | PathLike | None = None,
     ) -> None:
         self.datalist_or_cases = datalist_or_cases
