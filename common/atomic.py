@@ -5,8 +5,10 @@ complete file, never a half-written one, even if the writer is killed (``SIGKILL
 
 - :func:`atomic_path` -- the context manager everything else is built on.
 - :func:`atomic_write_text`, :func:`atomic_write_bytes`, :func:`atomic_write_json`, :func:`atomic_torch_save`.
-- :class:`AtomicSaveImage` / :class:`AtomicSaveImaged` -- drop-in replacements of MONAI's ``SaveImage`` /
-  ``SaveImaged`` (same arguments) whose image writers write to a temporary name and rename.
+- :mod:`common.atomic_savers` -- ``AtomicSaveImage(d)``, MONAI's image savers built on these.
+
+This module needs only the standard library (torch is imported inside :func:`atomic_torch_save`), so data
+converters and tools can use it without loading torch or MONAI.
 
 Why not ``tempfile.NamedTemporaryFile`` (as ignite's ``DiskSaver(atomic=True)`` does): it creates the file with mode
 0600 and drops the file extension, which image writers (nibabel, ITK, PIL) use to choose the format. Here the temp name
@@ -25,9 +27,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import torch
-from monai.data import image_writer
-from monai.transforms import SaveImage, SaveImaged
 
 __all__ = [
     "TMP_MARKER",
@@ -38,9 +37,6 @@ __all__ = [
     "atomic_torch_save",
     "temp_path_for",
     "is_temp_path",
-    "atomic_writer_class",
-    "AtomicSaveImage",
-    "AtomicSaveImaged",
 ]
 
 #: every temporary name contains this marker (and starts with a dot), see :func:`temp_path_for`.
@@ -163,68 +159,8 @@ def atomic_torch_save(obj: Any, path: str | PathLike, durable: bool = True) -> P
     Store only tensors, numbers, strings and (nested) dicts/lists/tuples of them, so that the file loads with
     ``torch.load(..., weights_only=True)`` (see :func:`common.training.checkpoint.to_weights_only_safe`).
     """
+    import torch
+
     with atomic_path(path, durable=durable) as tmp:
         torch.save(obj, tmp)
     return Path(path)
-
-
-# ------------------------------------------------------------------------------------------------ image writers
-_ATOMIC_WRITERS: dict[type, type] = {}
-
-
-def atomic_writer_class(writer_cls: type[image_writer.ImageWriter]) -> type[image_writer.ImageWriter]:
-    """Subclass of a MONAI ``ImageWriter`` class whose ``write(filename)`` goes through :func:`atomic_path`.
-
-    Built-in writers get module-level classes (``AtomicNibabelWriter``, ...) so that they pickle by reference.
-    """
-    if writer_cls in _ATOMIC_WRITERS.values():
-        return writer_cls
-    if writer_cls not in _ATOMIC_WRITERS:
-        name = f"Atomic{writer_cls.__name__}"
-
-        def write(self, filename_or_obj, verbose: bool = True, **kwargs):
-            if not isinstance(filename_or_obj, (str, PathLike)):  # file-like object: nothing to rename
-                return writer_cls.write(self, filename_or_obj, verbose=verbose, **kwargs)
-            with atomic_path(filename_or_obj) as tmp:
-                return writer_cls.write(self, str(tmp), verbose=verbose, **kwargs)
-
-        cls = type(name, (writer_cls,), {"write": write, "__module__": __name__, "__qualname__": name})
-        cls.__doc__ = f"``{writer_cls.__name__}`` writing to a temporary name in the same folder, then renaming."
-        _ATOMIC_WRITERS[writer_cls] = cls
-        globals().setdefault(name, cls)
-    return _ATOMIC_WRITERS[writer_cls]
-
-
-AtomicNibabelWriter = atomic_writer_class(image_writer.NibabelWriter)
-AtomicITKWriter = atomic_writer_class(image_writer.ITKWriter)
-AtomicPILWriter = atomic_writer_class(image_writer.PILWriter)
-
-
-class AtomicSaveImage(SaveImage):
-    """:class:`monai.transforms.SaveImage` that never leaves a half-written output file.
-
-    Same arguments as ``SaveImage`` (``output_dir``, ``output_postfix``, ``output_ext``, ``separate_folder``,
-    ``resample``, ``writer``, ...). Every writer MONAI would try is replaced by its atomic subclass
-    (:func:`atomic_writer_class`): the image is written to ``.<name>.<token>.tmp<ext>`` in the output folder and
-    renamed to ``<name><ext>`` only after the writer finished.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.writers = tuple(atomic_writer_class(w) for w in self.writers)
-
-
-class AtomicSaveImaged(SaveImaged):
-    """:class:`monai.transforms.SaveImaged` that never leaves a half-written output file.
-
-    Drop-in replacement in bundle configs (same arguments as ``SaveImaged``)::
-
-        {"_target_": "common.atomic.AtomicSaveImaged", "keys": "pred", "output_dir": "@output_dir",
-         "output_postfix": "seg", "output_ext": ".nii.gz", "separate_folder": false, "resample": false}
-
-    Input: ``data[key]`` channel-first ``[C, H, W]`` or ``[C, H, W, D]`` (MetaTensor with ``filename_or_obj``).
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.saver.writers = tuple(atomic_writer_class(w) for w in self.saver.writers)

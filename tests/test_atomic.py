@@ -12,8 +12,6 @@ from monai.data import MetaTensor, NibabelWriter
 from PIL import Image
 
 from common.atomic import (
-    AtomicSaveImage,
-    AtomicSaveImaged,
     atomic_path,
     atomic_torch_save,
     atomic_write_json,
@@ -21,6 +19,7 @@ from common.atomic import (
     is_temp_path,
     temp_path_for,
 )
+from common.atomic_savers import AtomicSaveImage, AtomicSaveImaged
 
 
 def _files(folder):
@@ -149,7 +148,7 @@ def test_atomic_save_imaged_from_bundle_config(tmp_path):
 
     cfg = {
         "saver": {
-            "_target_": "common.atomic.AtomicSaveImaged",
+            "_target_": "common.atomic_savers.AtomicSaveImaged",
             "keys": "pred",
             "output_dir": str(tmp_path),
             "output_postfix": "seg",

@@ -15,6 +15,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from common.atomic import atomic_write_bytes
 from common.errors import BadInputError
 from common.evaluation import (
     CONTOUR_PALETTE,
@@ -35,7 +36,6 @@ from common.evaluation import (
     select_slice,
     to_label_map,
     window_intensities,
-    write_bytes_atomically,
 )
 from common.evaluation import metrics as metrics_module
 
@@ -225,14 +225,14 @@ def test_report_all_nan_metric_gives_null_statistics(tmp_path):
 
 def test_atomic_write_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
     target = tmp_path / "x.json"
-    write_bytes_atomically(target, b"old")
+    atomic_write_bytes(target, b"old")
 
     def broken_replace(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        write_bytes_atomically(target, b"new")
+        atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["x.json"]
 

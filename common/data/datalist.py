@@ -30,27 +30,25 @@ scikit-learn is not a project dependency) used for DiffBoost's 3-fold CV (diffbo
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
 import os
-import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.atomic import atomic_path
 from common.errors import BadInputError
 
 __all__ = [
     "DATALIST_FILENAME",
     "STANDARD_SPLITS",
     "UNLABELLED_SPLITS",
-    "atomic_output_path",
     "datalist_splits",
     "kfold_splits",
     "load_datalist",
@@ -70,30 +68,6 @@ UNLABELLED_SPLITS: frozenset[str] = frozenset({"test", "unlabelled"})
 REQUIRED_TOP_KEYS: tuple[str, ...] = ("name", "description", "source_layout", "spatial_dims", "modality", "labels")
 #: keys every entry has (``label`` too, except in :data:`UNLABELLED_SPLITS`)
 REQUIRED_ENTRY_KEYS: tuple[str, ...] = ("case_id", "image", "text")
-
-
-@contextlib.contextmanager
-def atomic_output_path(path: str | PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it onto ``path`` with :func:`os.replace`.
-
-    The temporary name keeps ``path``'s suffixes (writers such as nibabel choose the format from them) and starts
-    with a dot, so converters that skip hidden files never pick it up. On an exception the temporary file is
-    removed and ``path`` is left untouched.
-
-    Example::
-
-        with atomic_output_path(dst / "x.nii.gz") as tmp:
-            nib.save(img, tmp)
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:12]}-{path.name}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _is_split(key: str, value: Any) -> bool:
@@ -197,7 +171,7 @@ def write_datalist(path: str | PathLike, datalist: Mapping[str, Any], check_file
     """
     path = Path(path)
     validate_datalist(datalist, path, base_dir=path.parent if check_files else None)
-    with atomic_output_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(datalist, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 

@@ -30,7 +30,7 @@ import tifffile
 from PIL import Image, ImageDraw, ImageFilter
 
 from common.data.converters.monuseg import MONUSEG_TEST_FOLDER, MONUSEG_TRAIN_FOLDER
-from common.data.datalist import atomic_output_path
+from common.atomic import atomic_path
 
 __all__ = [
     "DEFAULT_NUCLEI_PATTERNS",
@@ -291,9 +291,9 @@ def make_monuseg_like(
                 tif, xml = train_dir / "Tissue Images" / f"{case_id}.tif", train_dir / "Annotations" / f"{case_id}.xml"
             else:
                 tif, xml = dst / MONUSEG_TEST_FOLDER / f"{case_id}.tif", dst / MONUSEG_TEST_FOLDER / f"{case_id}.xml"
-            with atomic_output_path(tif) as tmp:
+            with atomic_path(tif) as tmp:
                 tifffile.imwrite(tmp, image, photometric="rgb")
-            with atomic_output_path(xml) as tmp:
+            with atomic_path(xml) as tmp:
                 _aperio_xml(polygons).write(tmp, encoding="UTF-8", xml_declaration=True)
             cases.append(SyntheticNucleiCase(case_id, release, tif, xml, pattern, len(polygons)))
     return cases
@@ -412,12 +412,12 @@ def make_msd_like(
         image, label, kidneys, tumour, cyst = _synthetic_volume(shape, x_sign, n_classes, n_channels, labelled, rng)
         case_id = f"kidney_{i:03d}"
         img_path = task / ("imagesTr" if labelled else "imagesTs") / f"{case_id}.nii.gz"
-        with atomic_output_path(img_path) as tmp:
+        with atomic_path(img_path) as tmp:
             nib.save(nib.Nifti1Image(image, affine), tmp)
         lbl_path = None
         if labelled:
             lbl_path = task / "labelsTr" / f"{case_id}.nii.gz"
-            with atomic_output_path(lbl_path) as tmp:
+            with atomic_path(lbl_path) as tmp:
                 nib.save(nib.Nifti1Image(label, affine), tmp)
         cases.append(SyntheticVolumeCase(case_id, img_path, lbl_path, kidneys, tumour, cyst, shape, affine))
     meta = {
@@ -438,7 +438,7 @@ def make_msd_like(
         ],
         "test": [f"./imagesTs/{c.case_id}.nii.gz" for c in cases if c.label is None],
     }
-    with atomic_output_path(task / "dataset.json") as tmp:
+    with atomic_path(task / "dataset.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=4) + "\n", encoding="utf-8")
     return cases
 

@@ -24,7 +24,6 @@ from common.evaluation.overlay import (
     save_overlay,
     select_slice,
     window_intensities,
-    write_bytes_atomically,
 )
 from common.evaluation.report import (
     PER_CASE_CSV,
@@ -50,7 +49,6 @@ __all__ = [
     "save_overlay",
     "select_slice",
     "window_intensities",
-    "write_bytes_atomically",
     "PER_CASE_CSV",
     "SUMMARY_JSON",
     "EvaluationReport",

@@ -22,8 +22,6 @@ the PNG text chunk ``slice``.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -33,12 +31,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from common.atomic import atomic_write_bytes
 from common.errors import BadInputError
 
 __all__ = [
     "CONTOUR_PALETTE",
     "HEATMAP_ALPHA",
-    "write_bytes_atomically",
     "window_intensities",
     "binary_erosion",
     "mask_contour",
@@ -61,27 +59,6 @@ CONTOUR_PALETTE: tuple[tuple[tuple[int, int, int], tuple[int, int, int]], ...] =
 
 #: Opacity of the uncertainty heat map over the grey image.
 HEATMAP_ALPHA = 0.6
-
-
-def write_bytes_atomically(path: str | PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then :func:`os.replace`.
-
-    Readers never see a half-written file; the folder is created if needed.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
 
 
 def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -345,7 +322,7 @@ def save_overlay(
     info.add_text("palette", "ground truth: cool colours, prediction: warm colours (class 1: green / red)")
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG", pnginfo=info)
-    return write_bytes_atomically(out, buffer.getvalue())
+    return atomic_write_bytes(out, buffer.getvalue())
 
 
 def palette_description(num_classes: int, class_names: Sequence[str] | None = None) -> list[dict]:

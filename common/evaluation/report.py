@@ -44,7 +44,8 @@ from common.evaluation.metrics import (
     resolve_class_names,
     to_label_map,
 )
-from common.evaluation.overlay import palette_description, save_overlay, write_bytes_atomically
+from common.atomic import atomic_write_bytes
+from common.evaluation.overlay import palette_description, save_overlay
 
 __all__ = [
     "PER_CASE_CSV",
@@ -247,9 +248,9 @@ class EvaluationReport:
             ``{"per_case": csv path, "summary": json path}``.
         """
         out = Path(out_dir)
-        csv_path = write_bytes_atomically(out / PER_CASE_CSV, self.to_csv().encode("utf-8"))
+        csv_path = atomic_write_bytes(out / PER_CASE_CSV, self.to_csv().encode("utf-8"))
         text = json.dumps(self.summary(), indent=2, allow_nan=False) + "\n"
-        json_path = write_bytes_atomically(out / SUMMARY_JSON, text.encode("utf-8"))
+        json_path = atomic_write_bytes(out / SUMMARY_JSON, text.encode("utf-8"))
         return {"per_case": csv_path, "summary": json_path}
 
 

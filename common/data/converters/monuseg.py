@@ -53,7 +53,8 @@ from PIL import Image, ImageDraw
 
 from common.data.converters import register_converter
 from common.data.converters.base import DatasetConverter, load_text_file, lookup_text, relative_path, visible_files
-from common.data.datalist import atomic_output_path, split_cases
+from common.atomic import atomic_path
+from common.data.datalist import split_cases
 from common.data.describe import describe_nuclei_mask
 from common.errors import BadInputError
 
@@ -158,7 +159,7 @@ def rasterize_polygons(
 
 
 def _write_png(arr: np.ndarray, path: Path) -> None:
-    with atomic_output_path(path) as tmp:
+    with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
