@@ -79,7 +79,7 @@ def _strip_editable_and_run(cwd: Path, code: str) -> subprocess.CompletedProcess
     prelude = (
         "import sys\n"
         "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
-        f"sys.path[:] = [p for p in sys.path if not p.startswith({str(REPO)!r})]\n"
+        f"sys.path[:] = [p for p in sys.path if p.rstrip('/') != {str(REPO)!r}]\n"
     )
     return subprocess.run([sys.executable, "-c", prelude + code], cwd=cwd, capture_output=True, text=True, timeout=300)
 

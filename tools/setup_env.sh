@@ -23,7 +23,7 @@ start=$(date +%s)
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 echo "[setup] installing torch==2.13.0 (CPU) into $venv"
 "${pip[@]}" install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-"$venv/bin/python" -c "import torch" || { echo "[setup] torch failed to install" >&2; exit 1; }
+"$venv/bin/python" -W ignore -c "import torch" || { echo "[setup] torch failed to install" >&2; exit 1; }
 echo "[setup] installing the common package with extras [test,demo]"
 "${pip[@]}" install -e "$repo[test,demo]" 2>&1 | grep -v "^WARNING: Location" || true
 "$venv/bin/python" -c "import common, monai, transformers, diffusers, ignite, einops, fire, jsonschema" \
