@@ -264,7 +264,7 @@ def test_evaluate_cases_png_writes_report_and_overlays(tmp_path):
          "pred": save_png(tmp_path / "p2.png", (gt > 0).astype(np.uint8))},
     ]
     out = tmp_path / "eval"
-    summary = evaluate_cases(cases, num_classes=2, out_dir=out, class_names=["nucleus"])
+    summary = evaluate_cases(cases, num_classes=2, out_dir=out, class_names=["nucleus"], overlay_min_size=None)
 
     expected = compute_case_metrics(pred, gt > 0, 2)[0]
     with open(out / PER_CASE_CSV, newline="") as f:
@@ -302,7 +302,7 @@ def test_evaluate_cases_nifti_3d_uses_label_spacing_and_picks_slice(tmp_path):
     np.testing.assert_array_equal(arr, gt)
     assert spacing == pytest.approx((2.5, 0.8, 0.8))
 
-    summary = evaluate_cases([case], num_classes=2, out_dir=tmp_path / "eval")
+    summary = evaluate_cases([case], num_classes=2, out_dir=tmp_path / "eval", overlay_min_size=None)
     expected = compute_case_metrics(pred, gt, 2, spacing=(2.5, 0.8, 0.8))[0]
     assert summary["hd95_unit"] == "mm"
     assert summary["per_class"]["class_1"]["hd95"]["mean"] == pytest.approx(expected.hd95)
@@ -453,3 +453,28 @@ def test_window_and_colormap():
     luma = rgb @ np.array([0.299, 0.587, 0.114])
     assert np.all(np.diff(luma) > -1.0)  # lightness grows monotonically (up to rounding)
     assert luma[-1] - luma[0] > 150
+
+
+def test_small_overlays_are_enlarged_with_thin_contours(tmp_path):
+    gt = np.zeros((32, 40), np.uint8)
+    gt[8:16, 8:16] = 1
+    image = np.random.default_rng(0).random((32, 40, 3))
+    path = save_overlay(tmp_path / "small.png", image, gt, gt, min_display_size=100)
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+        assert "4x" in im.info.get("scale", "")
+    assert rgb.shape == (128, 160, 3)  # factor ceil(100 / 32) = 4
+    # the contour is drawn after enlarging: one display pixel wide on the square's boundary, interior untouched
+    red = np.all(rgb == (255, 0, 0), axis=-1)
+    assert red[32, 32:64].all() and not red[33, 34:62].any()
+    plain = save_overlay(tmp_path / "plain.png", image, gt, gt)
+    with Image.open(plain) as im:
+        assert im.size == (40, 32)
+
+
+def test_evaluate_cases_enlarges_small_overlays_by_default(tmp_path):
+    gt = square((40, 48), 8, 10, 16).astype(np.uint8)
+    label, pred = save_png(tmp_path / "l.png", gt), save_png(tmp_path / "p.png", gt)
+    evaluate_cases([{"label": label, "pred": pred, "case_id": "c"}], num_classes=2, out_dir=tmp_path / "eval")
+    with Image.open(tmp_path / "eval" / "overlays" / "c.png") as im:
+        assert im.size == (48 * 7, 40 * 7)  # ceil(256 / 40) = 7

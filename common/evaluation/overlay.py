@@ -276,6 +276,7 @@ def save_overlay(
     uncertainty_range: tuple[float, float] | None = None,
     slice_index: int | None = None,
     source: str | None = None,
+    min_display_size: int | None = None,
 ) -> Path:
     """Write the overlay PNG of a 2D case, or of one axial slice of a 3D case, atomically.
 
@@ -289,6 +290,8 @@ def save_overlay(
         uncertainty_range: (vmin, vmax) for the heat map's colour scale.
         slice_index: for 3D, the slice along axis 0 to draw; default :func:`select_slice`.
         source: case id or file name for error messages (default: ``path``).
+        min_display_size: if given, small slices are enlarged by an integer factor (nearest neighbour, before the
+            contours are drawn, so contours stay thin) until their shorter side is at least this many pixels.
 
     Returns:
         the path written.
@@ -316,6 +319,13 @@ def save_overlay(
         name = out.name[: -len(".png")] if out.name.lower().endswith(".png") else out.name
         out = out.with_name(f"{name}_slice{k}.png")
         info.add_text("slice", f"{k} (axis 0 of the (D, H, W) volume)")
+    ref2d = arrays["label"] if arrays["label"] is not None else arrays["pred"]
+    if min_display_size and ref2d is not None and min(ref2d.shape[:2]) < min_display_size:
+        f = -(-min_display_size // min(ref2d.shape[:2]))
+        enlarge = lambda a: None if a is None else np.repeat(np.repeat(a, f, axis=0), f, axis=1)  # noqa: E731
+        arrays = {n: enlarge(a) for n, a in arrays.items()}
+        img, unc = enlarge(img), enlarge(unc)
+        info.add_text("scale", f"enlarged {f}x (nearest neighbour) for display")
     rgb = render_overlay(
         img, arrays["label"], arrays["pred"], num_classes, unc, uncertainty_range=uncertainty_range, source=src
     )

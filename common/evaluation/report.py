@@ -60,6 +60,8 @@ __all__ = [
 
 PER_CASE_CSV = "metrics_per_case.csv"
 SUMMARY_JSON = "metrics_summary.json"
+#: overlays of smaller slices are enlarged (nearest neighbour) so contours are visible
+OVERLAY_MIN_DISPLAY_SIZE = 256
 OVERLAY_DIR = "overlays"
 #: file types :func:`read_array` reads, in the order predictions are searched for.
 SUPPORTED_EXTENSIONS = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".npy")
@@ -353,6 +355,7 @@ def evaluate_cases(
     uncertainty_key: str = "uncertainty",
     case_id_key: str = "case_id",
     threshold: float = 0.5,
+    overlay_min_size: int | None = OVERLAY_MIN_DISPLAY_SIZE,
 ) -> dict[str, Any]:
     """Evaluate prediction files against label files and write the report (and overlays) into ``out_dir``.
 
@@ -367,6 +370,8 @@ def evaluate_cases(
         overlay: write overlay pictures.
         pred_key, label_key, image_key, uncertainty_key, case_id_key: the dict keys.
         threshold: threshold for predictions stored as probabilities in [0, 1] (binary tasks).
+        overlay_min_size: overlays of smaller slices are enlarged (nearest neighbour) to at least this size;
+            ``None`` keeps the native size.
 
     Label maps: integer (or integer-valued float) files. For ``num_classes == 2`` a mask stored as 0 / 255 is read
     as 0 / 1, and a prediction stored as probabilities in [0, 1] is thresholded (``> threshold``).
@@ -446,6 +451,7 @@ def evaluate_cases(
                 pred,
                 num_classes=num_classes,
                 uncertainty=uncertainty,
+                min_display_size=overlay_min_size,
                 source=case_id,
             )
     if n == 0:
