@@ -73,6 +73,10 @@ def prepare_demo_data(data_dir: Path, seed: int = 0) -> dict[str, Path]:
     out["monuseg"] = get_converter("monuseg").convert(raw / "monuseg", data_dir / "monuseg", seed=seed)
     make_msd_like(raw / "msd", n_train=12, n_test=2, shape_range=(32, 40), seed=seed)
     out["msd"] = get_converter("msd").convert(raw / "msd", data_dir / "msd", seed=seed)
+    from common.data.synthetic_busi import make_busi_like  # 2D grayscale ultrasound (DiffBoost demo)
+
+    make_busi_like(raw / "busi", n_benign=1, n_malignant=15, n_normal=1, size=(80, 96), seed=seed)
+    out["busi"] = get_converter("busi").convert(raw / "busi", data_dir / "busi", seed=seed)
     return out
 
 

@@ -444,7 +444,18 @@ def make_msd_like(
 
 
 #: layout name -> generator (``tools/make_synthetic_data.py LAYOUT DST``)
-SYNTHETIC_LAYOUTS: dict[str, Callable[..., list[Any]]] = {"monuseg": make_monuseg_like, "msd": make_msd_like}
+def _make_busi_like(dst: str | Path, **options: Any) -> list[Any]:
+    """:func:`common.data.synthetic_busi.make_busi_like` (imported lazily)."""
+    from common.data.synthetic_busi import make_busi_like
+
+    return make_busi_like(dst, **options)
+
+
+SYNTHETIC_LAYOUTS: dict[str, Callable[..., list[Any]]] = {
+    "monuseg": make_monuseg_like,
+    "msd": make_msd_like,
+    "busi": _make_busi_like,
+}
 
 
 def make_synthetic_dataset(layout: str, dst: str | Path, **options: Any) -> list[Any]:

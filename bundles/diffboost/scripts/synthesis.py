@@ -1,0 +1,421 @@
+"""Stage (c): offline synthesis of n images per real training slice (diffboost spec §2.4; paper §III-D, Alg. 1).
+
+:class:`ControlNetSampler` wraps diffusers' ``StableDiffusionControlNetPipeline`` with the authors' sampling recipe:
+DDIM (eta 0) with 20 steps, classifier-free guidance 9, control strength 1 on all residuals (the unconditional branch
+also gets the control), hint = the slice's edge map replicated to RGB, and the text embedding blend of the code
+
+    c = 0.045 * E(prompt + ",best quality, extremely detailed") + 0.005 * E(aug_i) + 0.95 * E("gray, sketch")
+
+with ``aug_i`` = line ``i mod 50`` of the authors' augmentation text list (:data:`AUGMENTATION_TEXTS`) and the
+ControlNet demo's negative prompt. (The paper only says c = c_t + c_aug; set ``prompt_weights=(1, 1, 0)`` for that.)
+Decoded RGB images are averaged over channels (the paper's "cross-channel average block"; the code keeps channel 0)
+and mapped to [-1, 1].
+
+:class:`Synthesizer` runs it over the training split: for every slice it writes ``num_per_slice`` images
+``<output_dir>/<case>/<case>_syn<NNN>.nii`` (float32 in [-1, 1] on the bundle's pixel grid at ``image_size``;
+uncompressed NIfTI, read fast at every training step; the real slice's label is reused as their ground truth,
+pixel-aligned), plus the hint ``<case>/<case>_edge.nii``, and a
+manifest ``manifest.json`` recording each image's provenance (source case and files, prompt, augmentation text,
+seed, sampler settings, generator weights). It is resumable: images that exist are skipped (a killed run restarts
+where it stopped, the manifest is rewritten atomically after every case), and each image has its own seed
+(``sha256(seed, case, i)``; the authors reseed with 1 before every slice -- a quirk), so a resumed run writes the same
+images as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from common.atomic import atomic_path, atomic_write_json
+from common.checks import check_label, find_bad_input_error
+from common.errors import BadInputError
+
+from .transforms import MANIFEST_NAME
+
+__all__ = [
+    "AUGMENTATION_TEXTS",
+    "NEGATIVE_PROMPT",
+    "QUALITY_SUFFIX",
+    "STYLE_TEXT",
+    "ControlNetSampler",
+    "Synthesizer",
+    "sample_seed",
+    "synthetic_file",
+]
+
+logger = logging.getLogger("diffboost.synthesize")
+
+QUALITY_SUFFIX = ",best quality, extremely detailed"
+STYLE_TEXT = "gray, sketch"
+NEGATIVE_PROMPT = (
+    "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, "
+    "low quality"
+)
+#: the authors' ``aug_list.txt`` (50 entries, in order); sample i of a slice uses entry i mod 50
+AUGMENTATION_TEXTS: tuple[str, ...] = (
+    "Enhance contrast",
+    "High resolution",
+    "Low resolution",
+    "Clear edges",
+    "Blurred edges",
+    "Noise reduction",
+    "Sharpened details",
+    "Smoothed texture",
+    "Brightened image",
+    "Darkened image",
+    "High dynamic range",
+    "Low dynamic range",
+    "Balanced lighting",
+    "Uniform background",
+    "Grayscale colormap",
+    "Pseudo-coloring",
+    "Cropped view",
+    "Zoomed-in detail",
+    "Panoramic view",
+    "Artifact removal",
+    "Image subtraction",
+    "Adaptive histogram equalization",
+    "Contrast stretching",
+    "Gamma correction",
+    "Image normalization",
+    "Intensity mapping",
+    "Image thresholding",
+    "Edge detection",
+    "Contour extraction",
+    "Morphological operations",
+    "Image filtering",
+    "Gaussian blur",
+    "Median filter",
+    "Bilateral filter",
+    "Anisotropic diffusion",
+    "Image enhancement",
+    "Inverse transformation",
+    "Image deconvolution",
+    "Motion compensation",
+    "Image compression",
+    "Image denoising",
+    "Speckle reduction",
+    "Image inpainting",
+    "Clustering techniques",
+    "Vignetting correction",
+    "Lens distortion correction",
+    "Perspective correction",
+    "Reflection removal",
+    "Shadow removal",
+    "Image blending",
+)
+
+
+def sample_seed(seed: int, case_id: str, index: int) -> int:
+    """Seed of synthetic image ``index`` of ``case_id``: independent of batching and of what was done before."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{case_id}:{index}".encode()).digest()[:4], "little")
+
+
+def synthetic_file(case_id: str, index: int) -> str:
+    """Path of a synthetic image relative to the synthesis folder."""
+    return f"{case_id}/{case_id}_syn{index:03d}.nii"
+
+
+class ControlNetSampler:
+    """Edge- and text-conditioned sampling with SD + the fine-tuned ControlNet (see module docstring).
+
+    Args:
+        sd_parts: :class:`scripts.sd_parts.StableDiffusionParts`.
+        controlnet: the (fine-tuned) diffusers ``ControlNetModel``.
+        num_inference_steps, guidance_scale, eta, conditioning_scale: DDIM steps (20), CFG scale (9), DDIM eta (0),
+            ControlNet strength (1).
+        prompt_weights: weights of (prompt + quality suffix, augmentation text, "gray, sketch").
+        negative_prompt: the unconditional prompt.
+        augmentation_texts: the c_aug list.
+        device: where sampling runs.
+    """
+
+    def __init__(
+        self,
+        sd_parts: Any,
+        controlnet: torch.nn.Module,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 9.0,
+        eta: float = 0.0,
+        conditioning_scale: float = 1.0,
+        prompt_weights: Sequence[float] = (0.045, 0.005, 0.95),
+        negative_prompt: str = NEGATIVE_PROMPT,
+        augmentation_texts: Sequence[str] = AUGMENTATION_TEXTS,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
+
+        if len(prompt_weights) != 3:
+            raise BadInputError("prompt_weights", f"need 3 weights (prompt, augmentation, style), got {prompt_weights}")
+        if not augmentation_texts:
+            raise BadInputError("augmentation_texts", "the augmentation text list is empty")
+        self.device = torch.device(device)
+        self.num_inference_steps, self.guidance_scale, self.eta = (
+            int(num_inference_steps),
+            float(guidance_scale),
+            float(eta),
+        )
+        self.conditioning_scale = float(conditioning_scale)
+        self.prompt_weights = tuple(float(w) for w in prompt_weights)
+        self.negative_prompt = negative_prompt
+        self.augmentation_texts = tuple(augmentation_texts)
+        scheduler = DDIMScheduler.from_config(
+            sd_parts.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        )
+        controlnet.eval().requires_grad_(False)
+        self.pipe = StableDiffusionControlNetPipeline(
+            vae=sd_parts.vae,
+            text_encoder=sd_parts.text_encoder,
+            tokenizer=sd_parts.tokenizer,
+            unet=sd_parts.unet,
+            controlnet=controlnet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        ).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.vae_scale_factor = sd_parts.vae_scale_factor
+
+    def settings(self) -> dict[str, Any]:
+        """The sampler settings recorded in the manifest."""
+        return {
+            "scheduler": "DDIM",
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "eta": self.eta,
+            "controlnet_conditioning_scale": self.conditioning_scale,
+            "prompt_weights": list(self.prompt_weights),
+            "quality_suffix": QUALITY_SUFFIX,
+            "style_text": STYLE_TEXT,
+            "negative_prompt": self.negative_prompt,
+        }
+
+    def augmentation_text(self, index: int) -> str:
+        return self.augmentation_texts[index % len(self.augmentation_texts)]
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        return self.pipe.encode_prompt(texts, self.device, 1, False)[0]
+
+    @torch.no_grad()
+    def embeddings(self, prompt: str, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_embeds, negative_prompt_embeds), each ``(n, 77, D)``: the weighted blend per sample index."""
+        n = len(indices)
+        w_prompt, w_aug, w_style = self.prompt_weights
+        cond = w_prompt * self._encode([prompt + QUALITY_SUFFIX] * n)
+        cond = cond + w_aug * self._encode([self.augmentation_text(i) for i in indices])
+        cond = cond + w_style * self._encode([STYLE_TEXT] * n)
+        return cond, self._encode([self.negative_prompt] * n)
+
+    @torch.no_grad()
+    def sample(self, edge: torch.Tensor, prompt: str, seeds: Sequence[int], indices: Sequence[int]) -> torch.Tensor:
+        """Generate one image per seed from one edge map.
+
+        Args:
+            edge: ``(1, H, W)`` hint in [0, 1] (H, W multiples of 8 x the VAE factor is safest; SD: 384).
+            prompt: the task prompt ("<Organ>, <Modality>").
+            seeds: one seed per image.
+            indices: sample indices (choose the augmentation texts).
+
+        Returns:
+            ``(n, 1, H, W)`` float32 in [-1, 1] on the CPU.
+        """
+        e = torch.as_tensor(edge).float()
+        if e.ndim != 3 or e.shape[0] != 1:
+            raise BadInputError("edge", f"expected a (1, H, W) edge map, got shape {tuple(e.shape)}")
+        h, w = e.shape[-2:]
+        if h % self.vae_scale_factor or w % self.vae_scale_factor:
+            raise BadInputError("image_size", f"{(h, w)} must be a multiple of the VAE factor {self.vae_scale_factor}")
+        n = len(seeds)
+        hint = e.clamp(0, 1).expand(n, 3, h, w).to(self.device)
+        cond, neg = self.embeddings(prompt, indices)
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        out = self.pipe(
+            prompt_embeds=cond,
+            negative_prompt_embeds=neg,
+            image=hint,
+            height=h,
+            width=w,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            eta=self.eta,
+            controlnet_conditioning_scale=self.conditioning_scale,
+            guess_mode=False,
+            generator=generators,
+            output_type="pt",
+        ).images
+        return (out.float().mean(dim=1, keepdim=True) * 2.0 - 1.0).clamp(-1.0, 1.0).cpu()
+
+
+def _save_nifti(path: Path, image: torch.Tensor) -> None:
+    arr = np.ascontiguousarray(torch.as_tensor(image).detach().cpu().numpy()[0].astype(np.float32))
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), str(tmp))
+
+
+class Synthesizer:
+    """Write ``num_per_slice`` synthetic images per training slice, resumably, with a provenance manifest.
+
+    Args:
+        sampler: :class:`ControlNetSampler` (built lazily by the config only when there is work to do, if a
+            zero-argument callable is given).
+        data: the training entries (``case_id``, ``image``, ``label``, ``text``).
+        preprocessing: the deterministic transform producing ``image`` ``(1, S, S)``, ``label``, ``edge`` and ``text``.
+        output_dir: the synthesis folder (``synthetic_dir``).
+        num_per_slice: n (50 at full scale; the paper reports a plateau beyond ~10).
+        batch_size: images per pipeline call.
+        seed: base seed (see :func:`sample_seed`).
+        default_text: prompt for entries without text.
+        provenance: extra fields written into the manifest header (e.g. the ControlNet weights file).
+    """
+
+    def __init__(
+        self,
+        sampler: ControlNetSampler | Callable[[], ControlNetSampler],
+        data: Sequence[Mapping[str, Any]],
+        preprocessing: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+        output_dir: str | Path,
+        num_per_slice: int = 50,
+        batch_size: int = 10,
+        seed: int = 0,
+        default_text: str | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> None:
+        if int(num_per_slice) < 1:
+            raise BadInputError("num_synthetic", f"must be >= 1, got {num_per_slice}")
+        self._sampler = sampler
+        self.data = list(data)
+        self.preprocessing = preprocessing
+        self.output_dir = Path(output_dir)
+        self.num_per_slice = int(num_per_slice)
+        self.batch_size = max(1, int(batch_size))
+        self.seed = int(seed)
+        self.default_text = default_text
+        self.provenance = dict(provenance or {})
+        self.generated: list[tuple[str, int]] = []
+
+    @property
+    def sampler(self) -> ControlNetSampler:
+        if not isinstance(self._sampler, ControlNetSampler):
+            self._sampler = self._sampler()
+        return self._sampler
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.output_dir / MANIFEST_NAME
+
+    def _load_records(self) -> dict[str, dict[str, Any]]:
+        if not self.manifest_path.is_file():
+            return {}
+        try:
+            doc = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            return {r["file"]: r for r in doc.get("images", [])}
+        except (ValueError, KeyError, TypeError):
+            logger.warning("%s is unreadable; it is rebuilt from the images on disk", self.manifest_path)
+            return {}
+
+    def _write_manifest(self, records: Mapping[str, Mapping[str, Any]]) -> None:
+        doc = {
+            "format": 1,
+            "description": "DiffBoost synthetic images; each is paired with the label of its source slice",
+            "num_per_slice": self.num_per_slice,
+            "seed": self.seed,
+            "provenance": self.provenance,
+            "images": [records[k] for k in sorted(records)],
+        }
+        atomic_write_json(self.manifest_path, doc)
+
+    def _prepare(self, entry: Mapping[str, Any]) -> Mapping[str, Any]:
+        try:
+            d = self.preprocessing(dict(entry))
+        except Exception as err:
+            bad = find_bad_input_error(err)
+            if bad is not None:
+                raise bad from err
+            raise
+        cid = entry["case_id"]
+        check_label(d["label"], f"case {cid}", require_foreground=True, name="label (synthesis needs its outline)")
+        return d
+
+    def run(self) -> dict[str, int]:
+        """Synthesise what is missing; returns ``{"cases", "generated", "skipped"}`` counts (images)."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        records = self._load_records()
+        generated = skipped = 0
+        n_cases = len(self.data)
+        start = time.perf_counter()
+        for k, entry in enumerate(self.data, 1):
+            cid = str(entry["case_id"])
+            files = [synthetic_file(cid, i) for i in range(self.num_per_slice)]
+            todo = [i for i, f in enumerate(files) if not (self.output_dir / f).is_file()]
+            prompt = str(entry.get("text") or self.default_text or "")
+            if not prompt:
+                raise BadInputError(f"case {cid}", "no text prompt and default_text is not set")
+            if todo:
+                t0 = time.perf_counter()
+                d = self._prepare(entry)
+                prompt = str(d.get("text") or prompt)
+                _save_nifti(self.output_dir / cid / f"{cid}_edge.nii", d["edge"])
+                for s in range(0, len(todo), self.batch_size):
+                    chunk = todo[s : s + self.batch_size]
+                    seeds = [sample_seed(self.seed, cid, i) for i in chunk]
+                    images = self.sampler.sample(d["edge"], prompt, seeds, chunk)
+                    for i, img in zip(chunk, images):
+                        _save_nifti(self.output_dir / files[i], img)
+                        self.generated.append((cid, i))
+                generated += len(todo)
+                logger.info(
+                    "case %d/%d %s: wrote %d, kept %d existing (%.1f s)",
+                    k,
+                    n_cases,
+                    cid,
+                    len(todo),
+                    self.num_per_slice - len(todo),
+                    time.perf_counter() - t0,
+                )
+            else:
+                logger.info("case %d/%d %s: all %d images exist, skipped", k, n_cases, cid, self.num_per_slice)
+            skipped += self.num_per_slice - len(todo)
+            for i, f in enumerate(files):
+                if f in records and i not in todo:
+                    continue
+                records[f] = {
+                    "file": f,
+                    "case_id": cid,
+                    "index": i,
+                    "source_image": str(entry.get("image")),
+                    "source_label": str(entry.get("label")),
+                    "label": str(entry.get("label")),
+                    "prompt": prompt,
+                    "augmentation_text": self._aug_text(i),
+                    "seed": sample_seed(self.seed, cid, i),
+                    "sampler": self._settings(),
+                }
+            self._write_manifest(records)
+        logger.info(
+            "synthesis done: %d slices, %d images written, %d existing kept, %.1f s -> %s",
+            n_cases,
+            generated,
+            skipped,
+            time.perf_counter() - start,
+            self.manifest_path,
+        )
+        return {"cases": n_cases, "generated": generated, "skipped": skipped}
+
+    def _aug_text(self, index: int) -> str:
+        if isinstance(self._sampler, ControlNetSampler):
+            return self._sampler.augmentation_text(index)
+        return AUGMENTATION_TEXTS[index % len(AUGMENTATION_TEXTS)]
+
+    def _settings(self) -> dict[str, Any]:
+        return self._sampler.settings() if isinstance(self._sampler, ControlNetSampler) else {}

@@ -1,0 +1,92 @@
+"""common.edges: HED network, Sobel fallback, Scharr label outline, their union (DiffBoost's ControlNet hint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.edges import EdgeDetector, EdgeMapd, HEDNetwork, conditioning_edge_map, label_outline, sobel_edges
+from common.errors import BadInputError
+
+
+def _square_label(size: int = 32, lo: int = 10, hi: int = 20) -> torch.Tensor:
+    y = torch.zeros(1, size, size)
+    y[:, lo:hi, lo:hi] = 1
+    return y
+
+
+def test_label_outline_is_a_two_pixel_ring_on_both_sides_of_the_boundary() -> None:
+    y = _square_label()
+    b = label_outline(y)
+    assert b.shape == (1, 32, 32) and set(torch.unique(b).tolist()) <= {0.0, 1.0}
+    # inner ring (first pixel inside) and outer ring (first pixel outside) are outline; centre and far away are not
+    assert b[0, 10, 15] == 1 and b[0, 9, 15] == 1 and b[0, 15, 10] == 1 and b[0, 15, 9] == 1
+    assert b[0, 15, 15] == 0 and b[0, 11, 15] == 0 and b[0, 2, 2] == 0 and b[0, 8, 15] == 0
+    # a mask touching the image border has no outline along the border ('symm' padding)
+    full = torch.ones(1, 16, 16)
+    assert label_outline(full).sum() == 0
+    # multi-class labels: every change of class is outline, batch shape kept
+    y2 = y.clone()
+    y2[:, 14:16, 14:16] = 2
+    assert label_outline(y2.unsqueeze(0)).shape == (1, 1, 32, 32)
+    assert label_outline(y2)[0, 14, 14] == 1
+
+
+def test_sobel_fallback_is_soft_in_unit_range_and_zero_on_constant_images() -> None:
+    img = torch.zeros(1, 32, 32)
+    img[:, :, 16:] = 1.0
+    e = sobel_edges(img)
+    assert e.shape == (1, 32, 32) and float(e.min()) >= 0 and float(e.max()) <= 1
+    assert e[0, 10, 15:17].min() > 0.5 and e[0, 10, 3] < 0.05  # strong at the step, ~0 in flat regions
+    assert 0 < float(e[0, 10, 13]) < 1  # soft: no threshold
+    assert sobel_edges(torch.full((1, 16, 16), 3.0)).abs().max() == 0
+    assert sobel_edges(torch.rand(2, 3, 24, 24)).shape == (2, 1, 24, 24)
+
+
+def test_conditioning_edge_map_unites_image_edges_and_outline_and_checks_sizes() -> None:
+    torch.manual_seed(0)
+    img = torch.rand(1, 32, 32) * 2 - 1
+    y = _square_label()
+    e_img = conditioning_edge_map(img, None)
+    e = conditioning_edge_map(img, y)
+    assert e.shape == (1, 32, 32) and float(e.min()) >= 0 and float(e.max()) <= 1
+    outline = label_outline(y) > 0
+    assert torch.all(e[outline] == 1)  # outline pixels saturate
+    assert torch.allclose(e[~outline], e_img[~outline])  # elsewhere it is the image's edge map
+    batch = conditioning_edge_map(img.expand(3, 1, 32, 32), y.expand(3, 1, 32, 32))
+    assert batch.shape == (3, 1, 32, 32)
+    with pytest.raises(BadInputError, match="case_7: image and label differ in size"):
+        conditioning_edge_map(img, torch.zeros(1, 30, 32), source="case_7")
+    with pytest.raises(BadInputError, match="expected an image"):
+        conditioning_edge_map(torch.zeros(32, 32), None)
+
+
+def test_hed_network_shapes_and_loading_annotator_state_dicts(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = HEDNetwork().eval().requires_grad_(False)
+    out = net(torch.rand(2, 3, 37, 45))
+    assert out.shape == (2, 1, 37, 45) and float(out.min()) >= 0 and float(out.max()) <= 1
+    # the annotator file stores keys 'moduleVggOne.0.weight' ...: renamed to 'net*' on load
+    path = tmp_path / "network-bsds500.pth"
+    torch.save({k.replace("net", "module", 1): v for k, v in net.state_dict().items()}, path)
+    detector = EdgeDetector(hed_weights=path)
+    assert detector.kind == "hed"
+    gray = torch.rand(1, 1, 24, 24)
+    assert torch.allclose(detector(gray), net(gray.expand(-1, 3, -1, -1)), atol=1e-6)
+    bad = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(BadInputError, match="other.pth: weights do not fit the network HEDNetwork"):
+        EdgeDetector(hed_weights=bad)
+    with pytest.raises(BadInputError, match="HED weights file not found"):
+        EdgeDetector(hed_weights=tmp_path / "missing.pth")
+    assert EdgeDetector().kind == "sobel"
+
+
+def test_edge_mapd_adds_the_hint_and_names_the_case() -> None:
+    t = EdgeMapd(keys=("image", "label"), edge_key="edge")
+    d = t({"case_id": "c1", "image": torch.rand(1, 16, 16) * 2 - 1, "label": _square_label(16, 4, 9)})
+    assert d["edge"].shape == (1, 16, 16) and d["edge"].dtype == torch.float32
+    with pytest.raises(BadInputError, match="case c2"):
+        t({"case_id": "c2", "image": torch.rand(1, 16, 16), "label": torch.zeros(1, 8, 8)})
