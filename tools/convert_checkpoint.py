@@ -34,7 +34,7 @@ from common.legacy_checkpoints import (  # noqa: E402
 )
 
 #: modules that register bundle-specific converters when imported (added by the bundle issues)
-CONVERTER_MODULES: tuple[str, ...] = ()
+CONVERTER_MODULES: tuple[str, ...] = ("common.guided_diffusion", "bundles.cdal.scripts.convert")
 
 
 def build_network(spec: str):

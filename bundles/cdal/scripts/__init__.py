@@ -1,0 +1,1 @@
+"""cDAL bundle modules: networks, schedule, training engine, inferer, transforms, checkpoint converter."""

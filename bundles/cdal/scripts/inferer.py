@@ -1,0 +1,194 @@
+"""cDAL inference: T-step sampling from noise, N samples, mean, threshold, per-pixel variance (cdal spec §6).
+
+:class:`CDALInferer` is the bundle's ``inferer``: a callable ``inferer(image, network)`` as MONAI Label and
+``SupervisedEvaluator`` call it. It holds everything of the sampling loop (schedule, N, seed, tiling):
+
+- 2D (``[B, C, H, W]``): optional resize of the image to ``resize_to`` (MoNuSeg: 512, spec §1.1), then
+  ``monai.inferers.SlidingWindowInferer(roi_size, overlap=0)`` -- with 512 and roi 256 exactly the official 4
+  non-overlapping tiles -- whose predictor draws the N samples of each tile; stitched maps are resized back to the
+  input size (bilinear), so the mask is at the input's resolution.
+- 3D (``[B, C, H, W, D]``, Hippocampus): ``sliding_window_inference(roi (32, 32, 32), sw_batch_size 4,
+  overlap 0.75)`` whose predictor samples each window slice by slice (the last axis; the generator is 2D) and
+  returns the per-channel rounded mean of the N samples (official ``metrics_hippo.py``), averaged over windows.
+
+Per sample: ``x_T ~ N(0, I)``; for ``t = T-1..0``: fresh ``z``, ``x0_hat = G(x, t, I, z)``,
+``x <- DDPMScheduler.step(x0_hat, t, x)`` (MONAI; no noise at t = 0, so the result is ``x0_hat``). Each sample is
+mapped to [0, 1] by ``(x + 1) / 2`` and clamped. Binary (1 label channel): mask = mean > ``threshold``. Multi-class
+(one-hot channels incl. background): argmax of the (rounded) channel means.
+
+Output ``[B, 2, *spatial]``: channel 0 the label map (class ids), channel 1 the uncertainty = per-pixel variance over
+the N samples of the [0, 1] maps (averaged over label channels); ``return_uncertainty=False`` gives ``[B, 1, ...]``.
+All randomness comes from one ``torch.Generator`` seeded with ``seed`` at every call, so the same image and seed
+give exactly the same mask (``seed=None``: the global RNG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer, sliding_window_inference
+from monai.utils import convert_to_dst_type
+from torch import nn
+
+from common.errors import BadInputError
+from scripts.networks import unwrap
+from scripts.schedule import CDALSchedule
+
+__all__ = ["sample_label_maps", "CDALInferer"]
+
+
+@torch.no_grad()
+def sample_label_maps(
+    network: nn.Module,
+    schedule: CDALSchedule,
+    image: torch.Tensor,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw ``num_samples`` label maps for a 2D batch; returns ``[N, B, Cl, H, W]`` in [0, 1].
+
+    Args:
+        network: the generator (``nz``, ``label_channels`` attributes; DDP unwrapped).
+        schedule: the T-step schedule (sampling uses its MONAI ``DDPMScheduler``).
+        image: ``[B, Ci, H, W]`` condition images.
+        num_samples: ``N``; the N samples run as one batch of ``N * B``.
+        generator: random source for ``x_T``, ``z`` and the posterior noise.
+    """
+    g = unwrap(network)
+    b = image.shape[0]
+    cond = image.repeat(num_samples, *([1] * (image.ndim - 1)))  # [N*B, Ci, H, W], sample-major
+    shape = (num_samples * b, g.label_channels, *image.shape[2:])
+    x = torch.randn(shape, generator=generator, device=image.device, dtype=image.dtype)
+    for t in reversed(range(schedule.num_timesteps)):
+        z = torch.randn(shape[0], g.nz, generator=generator, device=image.device, dtype=image.dtype)
+        tt = torch.full((shape[0],), t, dtype=torch.long, device=image.device)
+        x0_hat = network(x, tt, cond, z)
+        x = schedule.step(x0_hat, t, x, generator=generator)
+    x = ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+    return x.reshape(num_samples, b, *x.shape[1:])
+
+
+class CDALInferer:
+    """``inferer(image, network) -> [B, 2, *spatial]`` (label map, uncertainty); see the module docstring.
+
+    Args:
+        num_timesteps: ``T`` of the trained model (4 MoNuSeg, 2 CXR / Hippocampus).
+        num_samples: ``N`` samples averaged (5 in the paper).
+        seed: seed of the sampling generator, re-applied at each call (``None``: global RNG, not reproducible).
+        threshold: binary threshold on the mean foreground probability (0.5).
+        roi_size: tile (2D) or window (3D) size.
+        sw_batch_size: tiles/windows per generator call.
+        overlap: tile overlap (0 for the MoNuSeg 4-tile scheme; 0.75 for Hippocampus windows).
+        resize_to: 2D only: resize the image to this size before tiling (MoNuSeg 512; ``None`` keeps it).
+        return_uncertainty: add the variance channel.
+        beta_min, beta_max: the schedule's VP range.
+    """
+
+    def __init__(
+        self,
+        num_timesteps: int = 4,
+        num_samples: int = 5,
+        seed: int | None = 0,
+        threshold: float = 0.5,
+        roi_size: Sequence[int] | int = (256, 256),
+        sw_batch_size: int = 4,
+        overlap: float = 0.0,
+        resize_to: Sequence[int] | int | None = None,
+        return_uncertainty: bool = True,
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+    ) -> None:
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.schedule = CDALSchedule(num_timesteps, beta_min, beta_max)
+        self.num_samples = int(num_samples)
+        self.seed = seed
+        self.threshold = float(threshold)
+        self.roi_size = roi_size
+        self.sw_batch_size = int(sw_batch_size)
+        self.overlap = float(overlap)
+        self.resize_to = resize_to
+        self.return_uncertainty = return_uncertainty
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(self.seed))
+        return gen
+
+    def _check(self, image: torch.Tensor, network: nn.Module) -> None:
+        g = unwrap(network)
+        src = "image"
+        if isinstance(image, MetaTensor):
+            src = str(image.meta.get("filename_or_obj", "image"))
+        if not isinstance(image, torch.Tensor) or image.ndim not in (4, 5):
+            shape = tuple(getattr(image, "shape", ()))
+            raise BadInputError(src, f"expected a batch [B, C, H, W] (2D) or [B, C, H, W, D] (3D), got shape {shape}")
+        if not hasattr(g, "nz") or not hasattr(g, "label_channels"):
+            raise BadInputError(src, f"network {type(g).__name__} is not a cDAL generator (needs nz, label_channels)")
+        if image.shape[1] != g.image_channels:
+            raise BadInputError(
+                src, f"image has {image.shape[1]} channel(s), the generator expects {g.image_channels} "
+                f"(shape {tuple(image.shape)}, channel first)"
+            )
+        if not torch.isfinite(image).all():
+            raise BadInputError(src, "image contains NaN or inf values")
+
+    def _predictor_2d(self, network: nn.Module, gen: torch.Generator | None):
+        def predict(tile: torch.Tensor) -> torch.Tensor:
+            s = sample_label_maps(network, self.schedule, tile.as_subclass(torch.Tensor), self.num_samples, gen)
+            return torch.cat([s.mean(0), s.var(0, unbiased=False)], dim=1)  # [b, 2*Cl, h, w]
+
+        return predict
+
+    def _predictor_3d(self, network: nn.Module, gen: torch.Generator | None):
+        def predict(window: torch.Tensor) -> torch.Tensor:
+            w = window.as_subclass(torch.Tensor)
+            b, c, h, wd, d = w.shape
+            slices = w.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, wd)
+            s = sample_label_maps(network, self.schedule, slices, self.num_samples, gen)  # [N, b*d, Cl, h, w]
+            mean = s.mean(0)
+            if mean.shape[1] > 1:
+                mean = mean.round()  # per-channel round before window averaging (official metrics_hippo.py)
+            var = s.var(0, unbiased=False).mean(1, keepdim=True)
+            out = torch.cat([mean, var], dim=1)  # [b*d, Cl+1, h, w]
+            return out.reshape(b, d, out.shape[1], h, wd).permute(0, 2, 3, 4, 1)
+
+        return predict
+
+    # ------------------------------------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
+        self._check(image, network)
+        network.eval()
+        gen = self._generator(image.device)
+        x = image.as_subclass(torch.Tensor).float()
+        cl = unwrap(network).label_channels
+        if x.ndim == 4:
+            size = tuple(x.shape[2:])
+            if self.resize_to is not None:
+                target = (self.resize_to,) * 2 if isinstance(self.resize_to, int) else tuple(self.resize_to)
+                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+            roi = (self.roi_size,) * 2 if isinstance(self.roi_size, int) else tuple(self.roi_size)
+            sw = SlidingWindowInferer(roi_size=roi, sw_batch_size=self.sw_batch_size, overlap=self.overlap)
+            maps = sw(x, self._predictor_2d(network, gen))
+            if tuple(maps.shape[2:]) != size:
+                maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+            mean, var = maps[:, :cl], maps[:, cl:].mean(1, keepdim=True)
+        else:
+            roi = (self.roi_size,) * 3 if isinstance(self.roi_size, int) else tuple(self.roi_size)
+            maps = sliding_window_inference(
+                x, roi, self.sw_batch_size, self._predictor_3d(network, gen), overlap=self.overlap
+            )
+            mean, var = maps[:, :cl], maps[:, cl:]
+        if cl == 1:
+            labels = (mean > self.threshold).to(torch.float32)
+        else:
+            labels = mean.argmax(dim=1, keepdim=True).to(torch.float32)
+        out = torch.cat([labels, var.to(torch.float32)], dim=1) if self.return_uncertainty else labels
+        return convert_to_dst_type(out, image)[0] if isinstance(image, MetaTensor) else out
