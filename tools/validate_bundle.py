@@ -207,7 +207,24 @@ def _resolve_shape(shape: list, default: int) -> list[int]:
     return out
 
 
+def _scripts_modules() -> dict[str, Any]:
+    return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
+
+
 def check_network(bundle: Path, meta: dict, report: Report, override: str | None) -> None:
+    """Run :func:`_check_network` with the bundle's ``scripts`` package importable (as ``monai.bundle run`` puts the
+    bundle root on ``sys.path``); another bundle's cached ``scripts`` modules and ``sys.path`` are restored after."""
+    saved = _scripts_modules()
+    sys.path.insert(0, str(bundle))
+    try:
+        _check_network(bundle, meta, report, override)
+    finally:
+        sys.path.remove(str(bundle))
+        _scripts_modules()
+        sys.modules.update(saved)
+
+
+def _check_network(bundle: Path, meta: dict, report: Report, override: str | None) -> None:
     import torch
     from monai.bundle import ConfigParser
 

@@ -1,0 +1,247 @@
+"""Text conditioning of TextDiffSeg: which text a case gets, encoding it, and prompt-selected targets.
+
+Paper §II.B.2 (eq 1) and ``textdiffseg.md`` §2.4. Two ways the text enters, chosen in the config:
+
+- **dataset prompts** (the paper; default): every case of a dataset gets the same description, one sentence per
+  target class (spec [choice]: the CLIP-Driven Universal Model template "A computerized tomography of a [CLS]"); the
+  sentences are encoded separately and their real token states concatenated into one context sequence (§2.4).
+  With ``use_case_text`` the case's own ``text`` from the datalist (a report, or the converters' generated
+  description with organ / lesion / side / modality) replaces them.
+- **class prompts** (beyond the paper; the demo): a list of ``{"text": prompt, "labels": [class ids]}``. Training
+  picks one prompt per sample (:class:`RandPromptTargetd`) and the target becomes the binary mask of those
+  classes, so the prompt selects the structure; inference runs once per prompt and paints the masks in order
+  (:class:`TextGuidedInferer`), giving a multi-class map with one class per prompt.
+
+The text encoder is :class:`common.text_encoder.FrozenTextEncoder` (frozen Clinical BioBERT; the demo uses the
+offline MiniLM). It is loaded on first use (:class:`TextConditioner`), so configs parse without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable
+
+from common.errors import BadInputError
+from common.text_encoder import FrozenTextEncoder
+
+__all__ = ["CaseTextd", "RandPromptTargetd", "TextConditioner", "TextGuidedInferer", "check_class_prompts"]
+
+
+def check_class_prompts(class_prompts: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """Validate ``[{"text": str, "labels": [int, ...]}, ...]``; returns plain dicts (empty list for None)."""
+    out = []
+    for i, p in enumerate(class_prompts or []):
+        if not isinstance(p, Mapping) or not isinstance(p.get("text"), str) or not p["text"].strip():
+            raise BadInputError("class_prompts", f"entry {i} must be {{'text': non-empty str, 'labels': [...]}}, got {p!r}")
+        labels = p.get("labels", [])
+        if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(v, int) and v > 0 for v in labels):
+            raise BadInputError("class_prompts", f"entry {i} ({p['text']!r}) needs 'labels': a list of class ids > 0")
+        out.append({"text": p["text"], "labels": [int(v) for v in labels]})
+    return out
+
+
+class TextConditioner:
+    """Texts -> (tokens (B, L, D), mask (B, L)) for the fusion, with dataset prompts and a lazily loaded encoder.
+
+    Args:
+        text_encoder: a :class:`FrozenTextEncoder`, or its ``name_or_path`` (loaded on first use).
+        dataset_prompts: sentences used for every case when the case text is not used (dataset-prompt mode).
+        use_case_text: use each case's own text instead of ``dataset_prompts``.
+        default_text: text for a case without one when ``use_case_text`` (``None``: such a case is an error).
+    """
+
+    def __init__(
+        self,
+        text_encoder: FrozenTextEncoder | str,
+        dataset_prompts: Sequence[str] | None = None,
+        use_case_text: bool = False,
+        default_text: str | None = None,
+    ) -> None:
+        self._encoder = text_encoder if isinstance(text_encoder, FrozenTextEncoder) else None
+        self._name = None if self._encoder is not None else str(text_encoder)
+        self.dataset_prompts = [str(p) for p in (dataset_prompts or [])]
+        self.use_case_text = bool(use_case_text)
+        self.default_text = default_text
+        if not self.use_case_text and not self.dataset_prompts:
+            raise BadInputError("dataset_prompts", "no dataset prompts given and use_case_text is false: no text to use")
+
+    @property
+    def encoder(self) -> FrozenTextEncoder:
+        """The frozen text encoder (loaded now if it was given by name)."""
+        if self._encoder is None:
+            self._encoder = FrozenTextEncoder(self._name, truncation=False, padding="longest")
+        return self._encoder
+
+    def encode_sentences(self, per_sample: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's sentences encoded separately, real tokens concatenated: -> (B, L, D), (B, L) bool."""
+        flat = [s for sents in per_sample for s in sents]
+        emb = self.encoder(flat)
+        tokens, mask = emb.tokens.cpu(), emb.mask.cpu()
+        seqs, j = [], 0
+        for sents in per_sample:
+            seqs.append(torch.cat([tokens[j + i][mask[j + i]] for i in range(len(sents))], dim=0))
+            j += len(sents)
+        length = max(s.shape[0] for s in seqs)
+        out = torch.zeros(len(seqs), length, tokens.shape[-1])
+        out_mask = torch.zeros(len(seqs), length, dtype=torch.bool)
+        for b, s in enumerate(seqs):
+            out[b, : s.shape[0]] = s
+            out_mask[b, : s.shape[0]] = True
+        return out, out_mask
+
+    def texts_for(self, case_texts: Sequence[Any] | None, batch: int, case_ids: Sequence[Any] | None = None) -> list[list[str]]:
+        """The sentences of each of ``batch`` cases (case text or dataset prompts); raises for a missing text."""
+        if not self.use_case_text:
+            return [list(self.dataset_prompts) for _ in range(batch)]
+        case_texts = list(case_texts) if case_texts is not None else [None] * batch
+        if len(case_texts) != batch:
+            raise BadInputError("text", f"{len(case_texts)} texts for {batch} images")
+        out = []
+        for i, t in enumerate(case_texts):
+            if t is None or (isinstance(t, str) and not t.strip()):
+                if self.default_text is None:
+                    who = f"case {case_ids[i]}" if case_ids is not None else f"image {i}"
+                    raise BadInputError(
+                        who, "text prompt is missing; give the case a 'text' in the datalist or set default_text"
+                    )
+                t = self.default_text
+            out.append([str(t)])
+        return out
+
+    def __call__(
+        self, case_texts: Sequence[Any] | None, batch: int, device: torch.device | str = "cpu",
+        case_ids: Sequence[Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context tokens and mask for a batch, on ``device``."""
+        tokens, mask = self.encode_sentences(self.texts_for(case_texts, batch, case_ids))
+        return tokens.to(device), mask.to(device)
+
+
+class CaseTextd(MapTransform):
+    """Normalise the ``text`` entry so batches collate: the case text (or ``default_text``) when it is used, else "".
+
+    With ``use_case_text`` a case without text and without ``default_text`` raises :class:`BadInputError` naming
+    the case (the contract: inference without text is an error unless ``default_text`` is set).
+    """
+
+    def __init__(self, keys: KeysCollection = "text", use_case_text: bool = False, default_text: str | None = None,
+                 case_key: str = "case_id") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.use_case_text = bool(use_case_text)
+        self.default_text = default_text
+        self.case_key = case_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.keys:
+            if not self.use_case_text:
+                d[key] = ""
+                continue
+            t = d.get(key)
+            if t is None or not isinstance(t, str) or not t.strip():
+                if self.default_text is None:
+                    raise BadInputError(
+                        f"case {d.get(self.case_key, '?')}",
+                        f"text prompt is missing (no usable {key!r} entry: {t!r}); add it to the datalist or set "
+                        "default_text",
+                    )
+                d[key] = self.default_text
+        return d
+
+
+class RandPromptTargetd(Randomizable, MapTransform):
+    """Class-prompt training: pick one prompt per sample; label -> binary mask of its classes, text -> prompt.
+
+    Args:
+        keys: (label key, text key).
+        class_prompts: ``[{"text": ..., "labels": [...]}, ...]``; empty/None makes the transform a no-op.
+        target_key: where the chosen prompt index is stored.
+    """
+
+    def __init__(self, keys: KeysCollection = ("label", "text"), class_prompts: Sequence[Mapping[str, Any]] | None = None,
+                 target_key: str = "prompt_index") -> None:
+        MapTransform.__init__(self, keys)
+        if len(self.keys) != 2:
+            raise ValueError(f"keys must be (label, text), got {self.keys}")
+        self.class_prompts = check_class_prompts(class_prompts)
+        self.target_key = target_key
+        self._index = 0
+
+    def randomize(self, data: Any = None) -> None:
+        self._index = int(self.R.randint(len(self.class_prompts)))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if not self.class_prompts:
+            return d
+        self.randomize()
+        label_key, text_key = self.keys
+        prompt = self.class_prompts[self._index]
+        label = d[label_key]
+        values = torch.as_tensor(prompt["labels"], device=label.device if isinstance(label, torch.Tensor) else None)
+        d[label_key] = torch.isin(torch.as_tensor(label), values).to(torch.uint8) if isinstance(label, torch.Tensor) \
+            else np.isin(label, prompt["labels"]).astype(np.uint8)
+        if hasattr(label, "meta") and hasattr(d[label_key], "meta"):
+            d[label_key].meta = label.meta
+        d[text_key] = prompt["text"]
+        d[self.target_key] = self._index
+        return d
+
+
+class TextGuidedInferer:
+    """The contract's ``inferer(image, network, text=None)``: text -> context, then the DDIM sliding-window inferer.
+
+    Dataset-prompt mode (``class_prompts`` empty): one pass with the conditioner's text for each image; output
+    (B, N, ...) class probabilities. Class-prompt mode: one pass per prompt with a binary (N = 2) network; the
+    foreground probabilities p_k are painted in prompt order, ``P <- P * (1 - p_k) + p_k * onehot(k + 1)``
+    starting from all background, so later prompts (e.g. a tumour inside its organ) win where they fire; output
+    (B, K + 1, ...), summing to 1. An uncertainty channel of the inner inferer (``return_uncertainty``) is kept
+    last (summed over prompts).
+
+    Args:
+        inferer: a :class:`common.ddim_sliding_window.DDIMSlidingWindowInferer`.
+        conditioner: the :class:`TextConditioner`.
+        class_prompts: class-prompt mode when non-empty (see the module docstring).
+    """
+
+    def __init__(self, inferer: Any, conditioner: TextConditioner,
+                 class_prompts: Sequence[Mapping[str, Any]] | None = None) -> None:
+        self.inferer = inferer
+        self.conditioner = conditioner
+        self.class_prompts = check_class_prompts(class_prompts)
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, text: Sequence[Any] | str | None = None,
+                 case_ids: Sequence[Any] | None = None, return_uncertainty: bool | None = None) -> torch.Tensor:
+        if inputs.ndim != 5:
+            raise BadInputError(
+                "image", f"expected a 3D image batch (B, C, D, H, W), got shape {tuple(inputs.shape)}"
+                + ("; a 2D image was given, TextDiffSeg segments 3D volumes" if inputs.ndim == 4 else ""),
+            )
+        batch = inputs.shape[0]
+        if isinstance(text, str):
+            text = [text] * batch
+        kw = {} if return_uncertainty is None else {"return_uncertainty": return_uncertainty}
+        if not self.class_prompts:
+            ctx, mask = self.conditioner(text, batch, inputs.device, case_ids)
+            return self.inferer(inputs, network, context=ctx, context_mask=mask, **kw)
+        probs = None
+        unc = None
+        for k, prompt in enumerate(self.class_prompts):
+            ctx, mask = self.conditioner.encode_sentences([[prompt["text"]]])
+            out = self.inferer(inputs, network, context=ctx.to(inputs.device), context_mask=mask.to(inputs.device), **kw)
+            if out.shape[1] == 3:  # binary probabilities + uncertainty
+                unc = out[:, 2:3] if unc is None else unc + out[:, 2:3]
+            elif out.shape[1] != 2:
+                raise BadInputError("class_prompts", f"class-prompt mode needs a binary network (2 classes), got {out.shape[1]}")
+            fg = out[:, 1:2]
+            if probs is None:
+                probs = torch.zeros(batch, len(self.class_prompts) + 1, *inputs.shape[2:], device=out.device)
+                probs[:, 0] = 1.0
+            probs = probs * (1 - fg)
+            probs[:, k + 1 : k + 2] += fg
+        return probs if unc is None else torch.cat([probs, unc], dim=1)

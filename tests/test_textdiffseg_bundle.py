@@ -1,0 +1,240 @@
+"""TextDiffSeg bundle: training lowers the loss, reload-identical checkpoints, the prompt selects the structure,
+NIfTI geometry is preserved, and bad inputs (2D image, label/image geometry mismatch, missing text) are named.
+
+One tiny model is trained in-process per test module from ``configs/train.json`` + ``configs/demo.json`` with
+smaller windows (16^3) and shared by the tests (synthetic MSD-layout kidney data: 0 bg, 1 kidney, 2 tumour).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from common.data.converters import get_converter
+from common.data.synthetic import make_msd_like
+from common.errors import BadInputError
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "textdiffseg"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def textdiffseg_scripts():
+    """Let ``scripts`` resolve to bundles/textdiffseg/scripts in this module (every bundle names its package
+    ``scripts``), then restore whatever ``scripts`` modules and sys.path entries were there before."""
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
+    sys.path.insert(0, str(BUNDLE))
+    yield
+    sys.path.remove(str(BUNDLE))
+    for k in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
+        del sys.modules[k]
+    sys.modules.update(saved)
+
+TINY = {
+    "roi_size": [16, 16, 16],
+    "label_ae_channels": [8, 16],
+    "image_encoder_channels": [8, 16],
+    "image_attention_levels": [False, True],
+    "max_epochs": 16,
+    "patches_per_volume": 4,
+    "learning_rate": 0.003,
+    "save_interval": 7,
+    "num_samples": 2,
+    "sampling_seed": 0,
+}
+
+
+def _parser(configs: list[str], data: dict, **overrides) -> ConfigParser:
+    p = ConfigParser()
+    p.read_config([str(BUNDLE / "configs" / c) for c in configs])
+    p.read_meta(str(BUNDLE / "configs" / "metadata.json"))
+    for k, v in {**TINY, **data, **overrides}.items():
+        p[k] = v
+    p["bundle_root"] = str(BUNDLE)
+    p["device"] = "$torch.device('cpu')"
+    return p
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("tds_data")
+    make_msd_like(root / "raw", n_train=8, n_test=2, shape_range=(24, 28), seed=3)
+    datalist = get_converter("msd").convert(root / "raw", root / "msd", seed=0)
+    return {"dataset_dir": str(datalist.parent), "datalist": str(datalist), "output_dir": str(root / "out"),
+            "ckpt_dir": str(root / "models")}
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> dict:
+    torch.manual_seed(0)
+    p = _parser(["train.json", "demo.json"], data)
+    p.get_parsed_content("initialize")  # seed_everything(seed)
+    trainer = p.get_parsed_content("train#trainer")
+    losses: list[float] = []
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.run()
+    return {"losses": losses, "network": p.get_parsed_content("network"), "parser": p}
+
+
+def test_training_lowers_the_loss_and_writes_checkpoints(trained, data):
+    losses = trained["losses"]
+    n = max(5, len(losses) // 5)
+    assert np.mean(losses[-n:]) < 0.7 * np.mean(losses[:n]), (losses[:n], losses[-n:])
+    assert (Path(data["ckpt_dir"]) / "model.pt").is_file()
+    assert sorted(p.name for p in (Path(data["ckpt_dir"]) / "checkpoints").glob("*.pt"))
+
+
+def test_reloaded_checkpoint_is_identical(trained, data):
+    from common.checks import load_network_weights
+
+    p = _parser(["inference.json", "demo.json"], data)
+    net = p.get_parsed_content("network_def")
+    load_network_weights(net, Path(data["ckpt_dir"]) / "model.pt")
+    ref = trained["network"].state_dict()
+    got = net.state_dict()
+    assert ref.keys() == got.keys()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    inferer = p.get_parsed_content("inferer")
+    x = torch.rand(1, 1, 20, 18, 16)
+    with torch.no_grad():
+        a = inferer(x, trained["network"].eval())
+        b = inferer(x, net.eval())
+    assert torch.equal(a, b)
+
+
+def test_prompt_selects_the_structure(trained, data):
+    """Class-prompt model: the kidney prompt segments the kidney (incl. tumour), the tumour prompt much less."""
+    p = _parser(["inference.json", "demo.json"], data)
+    pre = p.get_parsed_content("preprocessing")
+    conditioner = p.get_parsed_content("conditioner")
+    sampler = p.get_parsed_content("sampler")
+    net = trained["network"].eval()
+    prompts = p.get_parsed_content("class_prompts")
+    kid_fg, tum_fg = [], []
+    dl = json.loads(Path(data["datalist"]).read_text())
+    base = Path(data["datalist"]).parent
+    for case in dl["training"][:2] + dl["test"]:
+        d = pre({"image": str(base / case["image"]), "case_id": case["case_id"]})
+        outs = []
+        with torch.no_grad():
+            for prompt in prompts:
+                ctx, mask = conditioner.encode_sentences([[prompt["text"]]])
+                outs.append(sampler(d["image"][None], net, context=ctx, context_mask=mask)[0, 1])
+        assert (outs[0] - outs[1]).abs().max() > 0.5  # the text changes the output
+        kid_fg.append(int((outs[0] > 0.5).sum()))
+        tum_fg.append(int((outs[1] > 0.5).sum()))
+    assert sum(kid_fg) > 100 and sum(kid_fg) > 2 * sum(tum_fg), (kid_fg, tum_fg)
+
+
+def test_inference_writes_nifti_with_input_geometry_and_uncertainty(trained, data):
+    out = Path(data["output_dir"]) / "infer"
+    p = _parser(["inference.json", "demo.json"], data, output_dir=str(out))
+    p.get_parsed_content("initialize")  # loads models/model.pt
+    p.get_parsed_content("evaluator").run()
+    dl = json.loads(Path(data["datalist"]).read_text())
+    base = Path(data["datalist"]).parent
+    for case in dl["test"]:
+        img = nib.load(str(base / case["image"]))
+        stem = Path(case["image"]).name.replace(".nii.gz", "")
+        seg = nib.load(str(out / f"{stem}_seg.nii.gz"))
+        unc = nib.load(str(out / f"{stem}_uncertainty.nii.gz"))
+        assert seg.shape == img.shape and unc.shape == img.shape
+        assert np.allclose(seg.affine, img.affine, atol=1e-4) and np.allclose(unc.affine, img.affine, atol=1e-4)
+        values = set(np.unique(np.asarray(seg.dataobj)).tolist())
+        assert values <= {0, 1, 2}
+        assert float(np.asarray(unc.dataobj).min()) >= 0.0
+
+
+def _bad_input(fn, *args) -> str:
+    """The BadInputError message raised by ``fn(*args)`` (MONAI's Compose wraps it in a RuntimeError chain)."""
+    from common.checks import find_bad_input_error
+
+    with pytest.raises((BadInputError, RuntimeError)) as info:
+        fn(*args)
+    err = find_bad_input_error(info.value)
+    assert err is not None, f"no BadInputError in {info.value!r}"
+    return str(err)
+
+
+def test_bad_inputs_have_clear_messages(tmp_path, data):
+    base = Path(data["datalist"]).parent
+    dl = json.loads(Path(data["datalist"]).read_text())
+    case = dl["training"][0]
+    img = nib.load(str(base / case["image"]))
+    # 2D image given
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((24, 24), dtype=np.int16), np.eye(4)), str(flat))
+    p = _parser(["inference.json", "demo.json"], data)
+    pre = p.get_parsed_content("preprocessing")
+    msg = _bad_input(pre, {"image": str(flat), "case_id": "flat", "text": "x"})
+    assert "flat.nii.gz" in msg and "expected a 3D image" in msg
+    net = p.get_parsed_content("network_def")
+    with pytest.raises(BadInputError, match="a 2D image was given"):
+        p.get_parsed_content("inferer")(torch.rand(1, 1, 24, 24), net)
+    # label on another grid than its image
+    shifted = tmp_path / "label_shifted.nii.gz"
+    aff = img.affine.copy()
+    aff[:3, 3] += 7.0
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(str(base / case["label"])).dataobj), aff), str(shifted))
+    pt = _parser(["train.json", "demo.json"], data)
+    tpre = pt.get_parsed_content("train#preprocessing")
+    msg = _bad_input(tpre, {"image": str(base / case["image"]), "label": str(shifted), "case_id": "c", "text": "t"})
+    assert "label_shifted.nii.gz" in msg and Path(case["image"]).name in msg
+    # missing text when the case text is used and no default_text is set
+    pu = _parser(["inference.json", "demo.json"], data, use_case_text=True, default_text=None, class_prompts=[])
+    pre_u = pu.get_parsed_content("preprocessing")
+    msg = _bad_input(pre_u, {"image": str(base / case["image"]), "case_id": "nt"})
+    assert "case nt: text prompt is missing" in msg
+    inferer = pu.get_parsed_content("inferer")
+    with pytest.raises(BadInputError, match="text prompt is missing"):
+        inferer(torch.rand(1, 1, 16, 16, 16), torch.nn.Identity())
+
+
+def test_dataset_prompts_and_per_case_text(trained):
+    from scripts.text import TextConditioner
+    from scripts.training import TextBatch
+
+    encoder = trained["parser"].get_parsed_content("text_encoder")
+    prompts = ["A computerized tomography of a liver.", "A computerized tomography of a liver tumor."]
+    fixed = TextConditioner(encoder, dataset_prompts=prompts)
+    tokens, mask = fixed(["ignored report"], 1)
+    single = [int(encoder([p]).mask.sum()) for p in prompts]
+    assert int(mask.sum()) == sum(single) and tokens.shape[-1] == encoder.hidden_size  # sentences concatenated
+    per_case = TextConditioner(encoder, dataset_prompts=prompts, use_case_text=True)
+    a, ma = per_case(["CT of the abdomen showing the left kidney."], 1)
+    b, mb = per_case(["CT of the abdomen showing the right kidney."], 1)
+    assert a.shape == b.shape and not torch.allclose(a, b)
+    with pytest.raises(BadInputError, match="case c7: text prompt is missing"):
+        per_case([None], 1, case_ids=["c7"])
+    fallback = TextConditioner(encoder, use_case_text=True, default_text="CT of the abdomen.")
+    assert fallback.texts_for([""], 1) == [["CT of the abdomen."]]
+    # the evaluator's prepare_batch hands the datalist texts to the inferer
+    image = torch.zeros(1, 1, 4, 4, 4)
+    _, _, args, kwargs = TextBatch()({"image": image, "text": ["a report"], "case_id": ["k1"]}, "cpu")
+    assert args == () and kwargs["text"] == ["a report"] and kwargs["case_ids"] == ["k1"]
+
+
+def test_postprocessing_splits_uncertainty_only_when_present(data):
+    """The evaluator's inferer appends the uncertainty channel; MONAI Label calls ``inferer`` (no extra channel) and
+    reuses the same postprocessing, which must then keep every class."""
+    p = _parser(["inference.json", "demo.json"], data)
+    post = p.get_parsed_content("postprocessing")
+    split = post.transforms[:3]  # CopyItemsd + the two Lambdad
+    n = p.get_parsed_content("output_classes")
+    with_unc = {"pred": torch.rand(n + 1, 4, 4, 4)}
+    for t in split:
+        with_unc = t(with_unc)
+    assert with_unc["pred"].shape[0] == n and with_unc["uncertainty"].shape[0] == 1
+    plain = {"pred": torch.rand(n, 4, 4, 4)}
+    for t in split:
+        plain = t(plain)
+    assert plain["pred"].shape[0] == n and torch.count_nonzero(plain["uncertainty"]) == 0
