@@ -123,12 +123,20 @@ def register_checkpoint_converter(name: str) -> Callable[[Callable[..., Path]], 
     """
 
     def deco(fn: Callable[..., Path]) -> Callable[..., Path]:
-        if name in _CONVERTERS:
-            raise ValueError(f"checkpoint converter {name!r} is already registered")
+        known = _CONVERTERS.get(name)
+        # the same source file imported under two module names (``scripts.convert`` from a bundle folder and
+        # ``bundles.<name>.scripts.convert`` from the tools) registers the same converter again: keep the newest
+        if known is not None and _origin(known) != _origin(fn):
+            raise ValueError(f"checkpoint converter {name!r} is already registered by {_origin(known)}")
         _CONVERTERS[name] = fn
         return fn
 
     return deco
+
+
+def _origin(fn: Callable[..., Path]) -> tuple[str, str]:
+    code = getattr(fn, "__code__", None)
+    return (str(Path(code.co_filename).resolve()) if code else repr(fn), getattr(fn, "__qualname__", ""))
 
 
 def get_checkpoint_converter(name: str) -> Callable[..., Path]:

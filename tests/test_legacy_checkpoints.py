@@ -101,3 +101,21 @@ def test_cli_converts_nested_checkpoint(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 1 and "another network" in r.stderr and not (tmp_path / "other.pt").exists()
+
+
+def test_converter_registry_rejects_a_second_converter_under_the_same_name():
+    from common.legacy_checkpoints import _CONVERTERS, register_checkpoint_converter
+
+    def first(args):
+        return Path(".")
+
+    def second(args):
+        return Path(".")
+
+    try:
+        register_checkpoint_converter("_test_name")(first)
+        register_checkpoint_converter("_test_name")(first)  # the same function again (module imported twice): fine
+        with pytest.raises(ValueError, match="already registered"):
+            register_checkpoint_converter("_test_name")(second)
+    finally:
+        _CONVERTERS.pop("_test_name", None)
