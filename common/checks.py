@@ -48,6 +48,7 @@ __all__ = [
     "check_geometry",
     "check_label",
     "check_text",
+    "resolve_texts",
     "token_counter",
     "load_checkpoint",
     "describe_state_dict_mismatch",
@@ -447,6 +448,50 @@ def token_counter(tokenizer: Any, add_special_tokens: bool = True) -> Callable[[
         return len(tokenizer(text, add_special_tokens=add_special_tokens, truncation=False)["input_ids"])
 
     return count
+
+
+def resolve_texts(
+    texts: Sequence[Any] | str | None,
+    batch: int,
+    default_text: str | None = None,
+    case_ids: Sequence[Any] | None = None,
+) -> list[str]:
+    """The report text of each of ``batch`` cases: the case's own text, else ``default_text``, else an error.
+
+    The bundle contract (``bundles/README.md``): text is a first-class per-case input, and a text-guided bundle
+    refuses a case without text unless the config sets ``default_text``. A single text (a ``str`` or a list of one)
+    is shared by the whole batch.
+
+    Args:
+        texts: one text per case (``None``/empty/non-string entries count as missing), a single text, or ``None``.
+        batch: number of cases.
+        default_text: prompt used for cases without text; ``None`` = a missing text is an error.
+        case_ids: names used in error messages (default ``image[i]``).
+
+    Raises:
+        BadInputError: naming the case, when a text is missing and there is no ``default_text``, or when the
+            number of texts does not match ``batch``.
+    """
+    names = [f"case {c}" for c in case_ids] if case_ids is not None else [f"image[{i}]" for i in range(batch)]
+    if isinstance(texts, str) or texts is None:
+        texts = [texts] * batch
+    texts = list(texts)
+    if len(texts) == 1 and batch > 1:
+        texts = texts * batch
+    if len(texts) != batch:
+        raise BadInputError("text", f"{len(texts)} texts for a batch of {batch} images; give one per image")
+    out = []
+    for name, t in zip(names, texts):
+        if not isinstance(t, str) or not t.strip():
+            if default_text is None:
+                raise BadInputError(
+                    name,
+                    f"no report text for this case (got {t!r}); this model segments an image given its text: add a "
+                    "'text' to the case in the datalist, or set 'default_text' in the config",
+                )
+            t = default_text
+        out.append(t)
+    return out
 
 
 def check_text(

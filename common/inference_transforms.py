@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from common.checks import resolve_texts
 from common.errors import BadInputError
 
 __all__ = ["FillTextd", "ResizeToOriginald", "SplitUncertaintyd"]
@@ -37,16 +38,7 @@ class FillTextd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for key in self.keys:
-            value = d.get(key)
-            if isinstance(value, str) and value.strip():
-                continue
-            if self.default_text is None:
-                raise BadInputError(
-                    f"case {d.get(self.case_key, '?')}",
-                    f"no {key!r} for this case; this model needs the report text of each image. Add it to the datalist "
-                    "or set 'default_text' in the config (e.g. --default_text 'The nuclei are evenly distributed.')",
-                )
-            d[key] = self.default_text
+            (d[key],) = resolve_texts([d.get(key)], 1, self.default_text, [d.get(self.case_key, "?")])
         return d
 
 

@@ -26,6 +26,7 @@ import torch.nn as nn
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from common.checks import resolve_texts
 from common.errors import BadInputError
 
 __all__ = ["TextGuidedFeatureInferer"]
@@ -85,28 +86,7 @@ class TextGuidedFeatureInferer(Inferer):
         return other
 
     def _texts(self, texts: Sequence[str] | str | None, batch: int, case_ids: Sequence[str] | None) -> list[str]:
-        names = [str(c) for c in case_ids] if case_ids is not None else [f"image[{i}]" for i in range(batch)]
-        if isinstance(texts, str):
-            texts = [texts]
-        if texts is None:
-            texts = [None] * batch
-        texts = list(texts)
-        if len(texts) == 1 and batch > 1:
-            texts = texts * batch
-        if len(texts) != batch:
-            raise BadInputError("text", f"{len(texts)} texts for a batch of {batch} images; give one per image")
-        out = []
-        for name, t in zip(names, texts):
-            if t is None or (isinstance(t, str) and not t.strip()):
-                if self.default_text is None:
-                    raise BadInputError(
-                        name,
-                        "no text for this image; the model segments an image given its report text. Give the case a "
-                        "'text' in the datalist (or pass texts=...), or set 'default_text' in the config",
-                    )
-                t = self.default_text
-            out.append(t)
-        return out
+        return resolve_texts(texts, batch, self.default_text, case_ids)
 
     def _features(self, image: torch.Tensor, draw: int, case_ids: Sequence[str] | None) -> list[torch.Tensor]:
         cache = self.feature_cache

@@ -156,8 +156,8 @@ def test_bad_inputs_have_clear_messages(trained, demo_data, tmp_path):
     # missing text without default_text (the paper-scale default): names the case and the fix
     strict = _inference_objects(trained, default_text=None)
     _assert_bad_input(lambda: strict.get_parsed_content("preprocessing")({"case_id": "c9", "image": str(image_path)}),
-                      r"case c9: no 'text'.*default_text")
-    with pytest.raises(BadInputError, match=r"c9: no text for this image"):
+                      r"case c9: no report text for this case.*default_text")
+    with pytest.raises(BadInputError, match=r"case c9: no report text for this case"):
         strict.get_parsed_content("inferer")(torch.zeros(1, 3, 64, 64), trained["network"], case_ids=["c9"])
     # corrupt and foreign checkpoints
     good = trained["work"] / "models" / "model.pt"

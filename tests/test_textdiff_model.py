@@ -151,7 +151,7 @@ def test_inferer_text_default_uncertainty_and_cache(tmp_path, extractor):
     inf = TextGuidedFeatureInferer(extractor, FakeTextEncoder(), num_noise_draws=3)
     probs = inf(image, head, texts=["The nuclei are evenly distributed.", "Lesion in the upper left lung."])
     assert probs.shape == (2, 2, 32, 32) and torch.allclose(probs.sum(1), torch.ones(2, 32, 32), atol=1e-5)
-    with pytest.raises(BadInputError, match=r"case-7: no text for this image.*default_text"):
+    with pytest.raises(BadInputError, match=r"case case-7: no report text for this case.*default_text"):
         inf(image[:1], head, texts=None, case_ids=["case-7"])
     with_default = TextGuidedFeatureInferer(extractor, FakeTextEncoder(), default_text="The nuclei are evenly distributed.")
     assert torch.allclose(with_default(image[:1], head), with_default(image[:1], head, texts=["The nuclei are evenly distributed."]))
@@ -197,7 +197,7 @@ def test_inference_transforms():
 
     assert FillTextd(default_text="p")({"case_id": "a"})["text"] == "p"
     assert FillTextd(default_text="p")({"case_id": "a", "text": "real"})["text"] == "real"
-    with pytest.raises(BadInputError, match=r"case a: no 'text' for this case.*default_text"):
+    with pytest.raises(BadInputError, match=r"case a: no report text for this case.*default_text"):
         FillTextd()({"case_id": "a", "text": "  "})
     pred = torch.rand(3, 8, 8) * 0.25
     d = SplitUncertaintyd()({"pred": pred})
