@@ -478,3 +478,23 @@ def test_evaluate_cases_enlarges_small_overlays_by_default(tmp_path):
     evaluate_cases([{"label": label, "pred": pred, "case_id": "c"}], num_classes=2, out_dir=tmp_path / "eval")
     with Image.open(tmp_path / "eval" / "overlays" / "c.png") as im:
         assert im.size == (48 * 7, 40 * 7)  # ceil(256 / 40) = 7
+
+
+def test_segmentation_evaluation_picks_up_uncertainty_files_beside_predictions(tmp_path):
+    gt = square((20, 24), 4, 4, 8).astype(np.uint8)
+    (tmp_path / "data").mkdir()
+    save_png(tmp_path / "data" / "a.png", gt)
+    save_png(tmp_path / "data" / "a_label.png", gt)
+    (tmp_path / "preds").mkdir()
+    save_png(tmp_path / "preds" / "a_seg.png", gt)
+    tifffile.imwrite(tmp_path / "preds" / "a_uncertainty.tif", np.full((20, 24), 0.25, np.float32))
+    (tmp_path / "datalist.json").write_text(json.dumps({"test": [{"image": "data/a.png", "label": "data/a_label.png"}]}))
+    ev = SegmentationEvaluation(str(tmp_path / "datalist.json"), tmp_path / "preds", tmp_path / "eval", 2)
+    (case,) = ev.cases()
+    assert case["uncertainty"] == str(tmp_path / "preds" / "a_uncertainty.tif")
+    ev.run()
+    with open(tmp_path / "eval" / PER_CASE_CSV, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["uncertainty_mean"]) == pytest.approx(0.25)
+    with Image.open(tmp_path / "eval" / "overlays" / "a.png") as im:
+        assert im.size[0] > 2 * im.size[1]  # image panel + uncertainty panel side by side

@@ -62,6 +62,8 @@ PER_CASE_CSV = "metrics_per_case.csv"
 SUMMARY_JSON = "metrics_summary.json"
 #: overlays of smaller slices are enlarged (nearest neighbour) so contours are visible
 OVERLAY_MIN_DISPLAY_SIZE = 256
+#: file name postfix of the per-case uncertainty maps written by sampling bundles (bundles/README.md)
+UNCERTAINTY_POSTFIX = "_uncertainty"
 OVERLAY_DIR = "overlays"
 #: file types :func:`read_array` reads, in the order predictions are searched for.
 SUPPORTED_EXTENSIONS = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".npy")
@@ -578,6 +580,13 @@ class SegmentationEvaluation:
             case["case_id"] = str(case.get("case_id") or case.get("id") or _stem(ref))
             if not case.get("pred"):
                 case["pred"] = str(self._find_prediction(_stem(ref), str(case["case_id"])))
+            if not case.get("uncertainty"):
+                # the bundle contract: sampling methods write <case>_uncertainty.<ext> beside <case>_seg.<ext>
+                pred = Path(case["pred"])
+                stem = pred.name[: pred.name.rfind(self.pred_postfix)] if self.pred_postfix in pred.name else None
+                found = sorted(pred.parent.glob(f"{stem}{UNCERTAINTY_POSTFIX}.*")) if stem else []
+                if len(found) == 1:
+                    case["uncertainty"] = str(found[0])
             resolved.append(case)
         return resolved
 
