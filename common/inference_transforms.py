@@ -70,18 +70,56 @@ class ResizeToOriginald(MapTransform):
 
 
 class SplitUncertaintyd(MapTransform):
-    """Move the uncertainty channel (channel 2, variance of p(foreground) over the noise draws, <= 0.25) of a
-    3-channel prediction into ``uncertainty_key``, scaled by 4 to [0, 1]; 2-channel predictions pass unchanged."""
+    """Move a prediction's trailing uncertainty channel into ``uncertainty_key``, scaled by 4 to [0, 1].
 
-    def __init__(self, keys: str = "pred", uncertainty_key: str = "uncertainty") -> None:
+    The prediction is channel-first, ``(C, *spatial)``. Whether its last channel is an uncertainty map is decided
+    from the configured number of classes, never guessed from the channel count alone:
+
+    - ``C == num_classes + 1``: class probabilities ``(num_classes, ...)`` followed by the uncertainty (variance of
+      a probability over the noise draws, hence <= 0.25); it is moved to ``uncertainty_key`` as ``(1, ...)``,
+      multiplied by 4 and clamped to [0, 1], and ``key`` keeps the first ``num_classes`` channels;
+    - ``C == num_classes``: no uncertainty channel (e.g. the plain ``inferer`` MONAI Label calls): passes unchanged;
+    - any other ``C``: :class:`~common.errors.BadInputError` naming the case and the key.
+
+    Args:
+        keys: the prediction key(s).
+        num_classes: number of class channels of the network output (background included); required.
+        uncertainty_key: where the uncertainty map goes.
+        case_key: key of the case id used in messages (else the prediction's file name, else ``"?"``).
+    """
+
+    def __init__(self, keys: str = "pred", num_classes: int | None = None, uncertainty_key: str = "uncertainty",
+                 case_key: str = "case_id") -> None:
         super().__init__(keys)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise BadInputError(
+                "SplitUncertaintyd",
+                f"num_classes must be the number of class channels (an int >= 1), got {num_classes!r}; set it in "
+                "the config (e.g. \"num_classes\": \"@network_def#num_classes\")",
+            )
+        self.num_classes = num_classes
         self.uncertainty_key = uncertainty_key
+        self.case_key = case_key
+
+    def _case_name(self, d: Mapping[Hashable, Any], pred: Any) -> str:
+        if d.get(self.case_key) is not None:
+            return f"case {d[self.case_key]}"
+        meta = getattr(pred, "meta", None) or {}
+        return str(meta.get("filename_or_obj") or "case ?")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             pred = d[key]
-            if pred.shape[0] == 3:
-                d[self.uncertainty_key] = (pred[2:3] * 4.0).clamp(0.0, 1.0)
-                d[key] = pred[:2]
+            channels = int(pred.shape[0])
+            if channels == self.num_classes + 1:
+                d[self.uncertainty_key] = (pred[self.num_classes :] * 4.0).clamp(0.0, 1.0)
+                d[key] = pred[: self.num_classes]
+            elif channels != self.num_classes:
+                raise BadInputError(
+                    self._case_name(d, pred),
+                    f"{key!r} has {channels} channels; expected {self.num_classes} class channels, or "
+                    f"{self.num_classes + 1} with a trailing uncertainty channel (num_classes={self.num_classes}); "
+                    "check that num_classes matches the network output",
+                )
         return d

@@ -21,19 +21,14 @@ if str(REPO) not in sys.path:
 
 from common.checks import find_bad_input_error  # noqa: E402
 from common.errors import BadInputError  # noqa: E402
+from helpers.bundle_scripts import bundle_scripts  # noqa: E402
 
 
 @pytest.fixture
 def cdal_scripts():
-    """Let ``scripts`` resolve to bundles/cdal/scripts during the test (every bundle names its package ``scripts``),
-    then restore whatever ``scripts`` modules were loaded before."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
-    sys.path.insert(0, str(BUNDLE))
-    yield
-    sys.path.remove(str(BUNDLE))
-    for k in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-        del sys.modules[k]
-    sys.modules.update(saved)
+    """Let ``scripts`` resolve to bundles/cdal/scripts during the test (every bundle names its package ``scripts``)."""
+    with bundle_scripts("cdal"):
+        yield
 
 
 def test_bundle_validates_against_the_contract(cdal_scripts):

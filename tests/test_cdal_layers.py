@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,28 +21,9 @@ from common.fir import (
     setup_fir_kernel,
     upfirdn2d,
 )
+from helpers.bundle_scripts import bundle_scripts
 
-
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "cdal"
-
-
-@contextlib.contextmanager
-def cdal_scripts():
-    """Let ``scripts`` resolve to bundles/cdal/scripts meanwhile (every bundle names its package ``scripts``), then
-    restore whatever ``scripts`` modules were loaded before, so other bundles' tests are not affected."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
-    sys.path.insert(0, str(BUNDLE))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(BUNDLE))
-        for k in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
-
-
-with cdal_scripts():
+with bundle_scripts("cdal"):
     from scripts.schedule import CDALSchedule
     from scripts.trainer import EMAUpdater
     from scripts.transforms import RandColorJitterd, rgb_to_gray

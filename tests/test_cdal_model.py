@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -13,28 +12,12 @@ from ignite.engine import Events
 
 from common.errors import BadInputError
 from common.training import ResumableCheckpointer
-
+from helpers.bundle_scripts import bundle_scripts
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "cdal"
 
-
-@contextlib.contextmanager
-def cdal_scripts():
-    """Let ``scripts`` resolve to bundles/cdal/scripts meanwhile (every bundle names its package ``scripts``), then
-    restore whatever ``scripts`` modules were loaded before, so other bundles' tests are not affected."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
-    sys.path.insert(0, str(BUNDLE))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(BUNDLE))
-        for k in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
-
-
-with cdal_scripts():
+with bundle_scripts("cdal"):
     from scripts.convert import convert_official_generator_state_dict
     from scripts.inferer import CDALInferer
     from scripts.networks import CDALDiscriminator, CDALGenerator, discriminator_attention_map

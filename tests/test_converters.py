@@ -429,3 +429,42 @@ def test_count_components_matches_a_flood_fill() -> None:
     spiral[1, 1:20] = spiral[1:20, 19] = spiral[19, 1:20] = spiral[3:20, 1] = spiral[3, 1:18] = True
     assert count_components_2d(spiral) == _bfs_components(spiral) == 1
     assert count_components_2d(np.zeros((4, 4))) == 0
+
+
+def _write_msd_task(root: Path, labels: dict[str, str], values: list[int], n_cases: int = 3) -> Path:
+    """A tiny MSD task whose labels hold ``values`` (e.g. one >= 256, stored as int16 NIfTI)."""
+    task = root / "Task77_Wide"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir(parents=True)
+    training = []
+    for i in range(n_cases):
+        img = np.random.default_rng(i).random((8, 8, 3)).astype(np.float32)
+        lbl = np.zeros((8, 8, 3), np.int16)
+        for j, v in enumerate(values):
+            lbl[1 + 3 * j : 3 + 3 * j, 2:6, 1] = v
+        nib.save(nib.Nifti1Image(img, np.eye(4)), task / "imagesTr" / f"wide_{i}.nii.gz")
+        nib.save(nib.Nifti1Image(lbl, np.eye(4)), task / "labelsTr" / f"wide_{i}.nii.gz")
+        training.append({"image": f"./imagesTr/wide_{i}.nii.gz", "label": f"./labelsTr/wide_{i}.nii.gz"})
+    meta = {"name": "Wide", "modality": {"0": "CT"}, "labels": labels, "numTraining": n_cases, "training": training}
+    (task / "dataset.json").write_text(json.dumps(meta))
+    return task
+
+
+def test_msd_slices_keeps_label_values_of_256_and_above(tmp_path: Path) -> None:
+    """msd and msd_slices share one label parser: a value >= 256 needs int32, never a uint8 overflow (300 -> 44)."""
+    task = _write_msd_task(tmp_path, {"0": "background", "1": "organ", "300": "lesion"}, [1, 300])
+    path = get_converter("msd_slices").convert(task, tmp_path / "slices")
+    doc = json.loads(path.read_text())
+    assert doc["labels"] == {"0": "background", "1": "organ", "300": "lesion"}
+    entries = [e for s in ("training", "validation", "test") for e in doc[s]]
+    assert len(entries) == 3 and all(e["slice_index"] == 1 for e in entries)
+    for e in entries:
+        lbl = np.asarray(nib.load(str(tmp_path / "slices" / e["label"])).dataobj)
+        assert set(np.unique(lbl).tolist()) == {0, 1, 300}
+    # merging into a target >= 256 survives too; the 3D converter parses the same way
+    merged = get_converter("msd_slices").convert(task, tmp_path / "merged", label_mapping={"1": 300})
+    e = json.loads(merged.read_text())["training"][0]
+    assert set(np.unique(np.asarray(nib.load(str(tmp_path / "merged" / e["label"])).dataobj)).tolist()) == {0, 300}
+    doc3d = read_datalist(get_converter("msd").convert(task, tmp_path / "vol", label_mapping={"1": 300}))
+    assert doc3d["label_mapping"] == {"orig_labels": [1], "target_labels": [300]}
+    assert doc3d["labels"] == {"0": "background", "300": "organ and lesion"}

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -20,25 +18,10 @@ from common.data.converters.msd_slices import organ_modality_prompt, positive_sl
 from common.data.synthetic import make_msd_like
 from common.data.synthetic_busi import make_busi_like
 from common.errors import BadInputError
+from helpers.bundle_scripts import bundle_scripts
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "diffboost"
-
-
-def load_bundle_scripts(*names: str) -> list:
-    """Import ``scripts.<name>`` of the DiffBoost bundle without leaving its ``scripts`` package in sys.modules
-    (every bundle has a package named ``scripts``)."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
-    sys.path.insert(0, str(BUNDLE))
-    try:
-        return [importlib.import_module(f"scripts.{n}") for n in names]
-    finally:
-        sys.path.remove(str(BUNDLE))
-        for k in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
-
-
-transforms, volume_metrics = load_bundle_scripts("transforms", "volume_metrics")
+with bundle_scripts("diffboost"):
+    from scripts import transforms, volume_metrics
 
 
 def test_busi_converter_unites_masks_and_writes_three_case_level_folds(tmp_path: Path) -> None:

@@ -90,3 +90,64 @@ def test_edge_mapd_adds_the_hint_and_names_the_case() -> None:
     assert d["edge"].shape == (1, 16, 16) and d["edge"].dtype == torch.float32
     with pytest.raises(BadInputError, match="case c2"):
         t({"case_id": "c2", "image": torch.rand(1, 16, 16), "label": torch.zeros(1, 8, 8)})
+
+
+def _diffboost_config(*names: str) -> dict:
+    import json
+
+    cfg: dict = {}
+    for n in names:
+        cfg.update(json.loads((Path(__file__).resolve().parents[1] / "bundles/diffboost/configs" / n).read_text()))
+    return cfg
+
+
+def _edge_weights_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bundles/diffboost/scripts/edge_weights.py"
+    spec = importlib.util.spec_from_file_location("diffboost_edge_weights", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("stage", ["train_controlnet.json", "synthesize.json"])
+def test_paper_scale_configs_default_to_hed_and_stop_when_the_weights_are_missing(tmp_path: Path, stage: str) -> None:
+    """spec §1.2/§8: HED soft edges at paper scale; a missing file is a named error with the download source."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(_diffboost_config(stage))
+    parser["bundle_root"] = str(tmp_path)
+    hed = parser.get_parsed_content("hed_weights")
+    assert hed == f"{tmp_path}/models/network-bsds500.pth"
+    assert parser["hed_weights_check"] == {
+        "_target_": "scripts.edge_weights.require_hed_weights",
+        "path": "@hed_weights",
+    }
+    assert parser["initialize"][0] == "$@hed_weights_check"  # checked before anything is loaded
+    edge_weights = _edge_weights_module()
+    with pytest.raises(BadInputError) as err:
+        edge_weights.require_hed_weights(hed)
+    msg = str(err.value)
+    assert msg.startswith(f"{hed}: HED weights file not found (network-bsds500.pth")
+    assert edge_weights.HED_WEIGHTS_URL in msg and "hed_weights null uses the Sobel fallback" in msg
+    # the common edge transform does not fall back to Sobel for a configured but missing file either
+    with pytest.raises(BadInputError, match="HED weights file not found"):
+        EdgeMapd(keys=("image", "label"), hed_weights=hed)
+    # the demo overlay switches to the documented Sobel fallback; an existing file passes the check
+    demo = ConfigParser(_diffboost_config(stage, "demo.json"))
+    assert demo.get_parsed_content("hed_weights") is None and edge_weights.require_hed_weights(None) is None
+    assert EdgeDetector(None).kind == "sobel"
+    (tmp_path / "models").mkdir()
+    Path(hed).write_bytes(b"x")
+    assert edge_weights.require_hed_weights(hed) == hed
+
+
+def test_large_files_lists_the_hed_weights_and_controlnet_epochs_follow_the_code_for_busi() -> None:
+    """large_files.yml names the HED source; spec §2.3/§9: the code's breast schedule (1600 epochs, batch 32)."""
+    text = (Path(__file__).resolve().parents[1] / "bundles/diffboost/large_files.yml").read_text()
+    assert 'path: "models/network-bsds500.pth"' in text
+    assert 'url: "https://huggingface.co/lllyasviel/Annotators/resolve/main/network-bsds500.pth"' in text
+    cfg = _diffboost_config("train_controlnet.json")
+    assert cfg["dataset_dir"].endswith("busi") and cfg["controlnet_epochs"] == 1600
+    assert cfg["controlnet_batch_size"] == 32

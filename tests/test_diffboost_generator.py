@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
+import hashlib
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,27 +15,15 @@ from PIL import Image
 
 from common.edges import EdgeMapd
 from common.errors import BadInputError
+from helpers.bundle_scripts import bundle_scripts
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "diffboost"
 SIZE = 32
 
 
-def load_bundle_scripts(*names: str) -> list:
-    """Import ``scripts.<name>`` of the DiffBoost bundle without leaving its ``scripts`` package in sys.modules."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
-    sys.path.insert(0, str(BUNDLE))
-    try:
-        return [importlib.import_module(f"scripts.{n}") for n in names]
-    finally:
-        sys.path.remove(str(BUNDLE))
-        for k in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
-
-
-sd_parts_mod, cn_training, synthesis, transforms = load_bundle_scripts(
-    "sd_parts", "controlnet_training", "synthesis", "transforms"
-)
+with bundle_scripts("diffboost"):
+    from scripts import controlnet_training as cn_training
+    from scripts import sd_parts as sd_parts_mod
+    from scripts import synthesis, transforms
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +89,7 @@ def test_controlnet_step_trains_only_the_controlnet_starting_from_zero_residuals
     assert torch.isfinite(loss) and loss.item() > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in cn.parameters())
     assert all(p.grad is None for m in (tiny_sd.unet, tiny_sd.vae, tiny_sd.text_encoder) for p in m.parameters())
-    with pytest.raises(BadInputError, match="no 'text' prompts"):
+    with pytest.raises(BadInputError, match=r"image\[0\]: no report text for this case"):
         step.loss(cn, {"image": batch["image"], "edge": batch["edge"]}, torch.device("cpu"))
 
 
@@ -206,3 +193,83 @@ def test_synthesis_rejects_an_empty_label_with_the_case_named(tmp_path: Path, ti
         synthesis.Synthesizer(sampler, data, _preprocessing(), tmp_path / "syn", num_per_slice=1).run()
     with pytest.raises(BadInputError, match="num_synthetic: must be >= 1"):
         synthesis.Synthesizer(sampler, data, _preprocessing(), tmp_path / "syn", num_per_slice=0)
+
+
+def test_controlnet_prompts_use_resolve_texts_naming_the_case_and_default_text(tiny_sd) -> None:
+    step = cn_training.ControlNetIteration(tiny_sd)
+    assert step._texts({"text": ["Spleen, CT", "Breast, Ultrasound"], "case_id": ["a", "b"]}, 2) == [
+        "Spleen, CT",
+        "Breast, Ultrasound",
+    ]
+    with pytest.raises(BadInputError, match=r"^case b: no report text for this case \(got ''\)"):
+        step._texts({"text": ["Spleen, CT", ""], "case_id": ["a", "b"]}, 2)
+    with pytest.raises(BadInputError, match=r"^case a: no report text"):
+        step._texts({"case_id": ["a", "b"]}, 2)
+    filled = cn_training.ControlNetIteration(tiny_sd, default_text="Spleen, CT")
+    assert filled._texts({"text": [None, "Prostate, MRI"], "case_id": ["a", "b"]}, 2) == ["Spleen, CT", "Prostate, MRI"]
+    assert filled._texts({}, 3) == ["Spleen, CT"] * 3
+
+
+def test_synthesis_without_text_and_default_names_the_case(tmp_path: Path, tiny_sd, trained_like_controlnet) -> None:
+    entry = {**_write_case(tmp_path / "data", "mute_case"), "text": ""}
+    sampler = synthesis.ControlNetSampler(tiny_sd, trained_like_controlnet, num_inference_steps=1)
+    with pytest.raises(BadInputError, match="^case mute_case: no report text"):
+        synthesis.Synthesizer(sampler, [entry], _preprocessing(), tmp_path / "syn", num_per_slice=1).run()
+    syn = synthesis.Synthesizer(
+        sampler, [entry], _preprocessing(), tmp_path / "syn2", num_per_slice=1, default_text="Breast, Ultrasound"
+    )
+    assert syn.run()["generated"] == 1
+    assert json.loads((tmp_path / "syn2" / "manifest.json").read_text())["images"][0]["prompt"] == "Breast, Ultrasound"
+
+
+def test_synthesis_resume_refuses_images_made_with_other_settings(
+    tmp_path: Path, tiny_sd, trained_like_controlnet
+) -> None:
+    data = [_write_case(tmp_path / "data", "case_a")]
+    weights = tmp_path / "controlnet.pt"
+    weights.write_bytes(b"weights v1")
+    out = tmp_path / "syn"
+    sampler = synthesis.ControlNetSampler(tiny_sd, trained_like_controlnet, num_inference_steps=1)
+
+    def make(sampler=sampler, seed=5, data=data, **kw):
+        kw = {"num_per_slice": 1, "weights_files": {"controlnet_weights": weights, "hed_weights": None}, **kw}
+        return synthesis.Synthesizer(sampler, data, _preprocessing(), out, seed=seed, **kw)
+
+    assert make(provenance={"image_size": SIZE}).run()["generated"] == 1
+    doc = json.loads((out / "manifest.json").read_text())
+    assert doc["header"]["weights"]["controlnet_weights"]["sha256"] == hashlib.sha256(b"weights v1").hexdigest()
+    assert doc["header"]["weights"]["hed_weights"] is None and doc["header"]["sampler"]["num_inference_steps"] == 1
+    assert doc["header"]["seed"] == 5 and doc["header"]["num_per_slice"] == 1
+    # identical settings (the weights file moved: same content) -> resumes, nothing redone
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes(b"weights v1")
+    same = make(weights_files={"controlnet_weights": moved, "hed_weights": None}, provenance={"image_size": SIZE})
+    assert same.run() == {"cases": 1, "generated": 0, "skipped": 1}
+    manifest = str(out / "manifest.json")
+    weights.write_bytes(b"weights v2")  # a newer ControlNet
+    with pytest.raises(BadInputError) as err:
+        make(provenance={"image_size": SIZE}).run()
+    msg = str(err.value)
+    assert msg.startswith(f"{manifest}: made with other settings (weights.controlnet_weights.s")
+    assert msg.endswith("delete the folder or set another synthetic_dir")
+    weights.write_bytes(b"weights v1")
+    with pytest.raises(BadInputError, match=r"made with other settings \(seed: was 5, now 6\)"):
+        make(seed=6, provenance={"image_size": SIZE}).run()
+    with pytest.raises(BadInputError, match=r"provenance.image_size: was 32, now 64"):
+        make(provenance={"image_size": 64}).run()
+    with pytest.raises(BadInputError, match=r"num_per_slice: was 1, now 2"):
+        make(num_per_slice=2, provenance={"image_size": SIZE}).run()
+    two_steps = synthesis.ControlNetSampler(tiny_sd, trained_like_controlnet, num_inference_steps=2, guidance_scale=3)
+    with pytest.raises(BadInputError, match=r"sampler.guidance_scale: was 9.0, now 3.0; sampler.num_inference_steps"):
+        make(sampler=two_steps, provenance={"image_size": SIZE}).run()
+    with pytest.raises(BadInputError, match=r"case case_a: prompt was 'Breast, Ultrasound', now 'Spleen, CT'"):
+        make(data=[{**data[0], "text": "Spleen, CT"}], provenance={"image_size": SIZE}).run()
+    assert len(list(out.glob("*/*_syn*.nii"))) == 1  # nothing was overwritten or added
+    # a corrupt manifest is an error naming it (not rebuilt with the current settings)
+    (out / "manifest.json").write_text("{not json")
+    with pytest.raises(BadInputError, match=rf"^{manifest}: unreadable synthesis manifest \(JSONDecodeError"):
+        make(provenance={"image_size": SIZE}).run()
+    # images without a manifest: their settings are unknown
+    (out / "manifest.json").unlink()
+    with pytest.raises(BadInputError, match=r"holds 1 synthetic image\(s\) \(e.g. case_a_syn000.nii\) but no manifest"):
+        make(provenance={"image_size": SIZE}).run()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,24 +13,10 @@ from monai.networks.nets import AttentionUnet
 from common.atomic import atomic_torch_save
 from common.checks import load_network_weights
 from common.errors import BadInputError
+from helpers.bundle_scripts import bundle_scripts
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "diffboost"
-
-
-def load_bundle_scripts(*names: str) -> list:
-    """Import ``scripts.<name>`` of the DiffBoost bundle without leaving its ``scripts`` package in sys.modules."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
-    sys.path.insert(0, str(BUNDLE))
-    try:
-        return [importlib.import_module(f"scripts.{n}") for n in names]
-    finally:
-        sys.path.remove(str(BUNDLE))
-        for k in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
-
-
-(mixing,) = load_bundle_scripts("mixing")
+with bundle_scripts("diffboost"):
+    from scripts import mixing
 
 
 def test_patch_mask_is_patchwise_constant_and_real_with_probability_alpha() -> None:

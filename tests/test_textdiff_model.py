@@ -190,6 +190,37 @@ def test_training_the_head_lowers_the_loss(extractor):
     assert all(p.grad is None for p in extractor.unet.parameters())
 
 
+def test_split_uncertainty_is_decided_by_num_classes_not_guessed():
+    """A 3-class prediction without uncertainty keeps all 3 classes; a 3-class one with uncertainty (4 channels)
+    is split; any other channel count is a named error; num_classes is required; the TextDiff config passes it."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+
+    from common.inference_transforms import SplitUncertaintyd
+
+    three = torch.rand(3, 6, 6)
+    kept = SplitUncertaintyd(num_classes=3)({"pred": three, "case_id": "c1"})
+    assert torch.equal(kept["pred"], three) and "uncertainty" not in kept  # no class lost
+    with_unc = torch.cat([torch.rand(3, 6, 6), torch.full((1, 6, 6), 0.3)])
+    split = SplitUncertaintyd(num_classes=3)({"pred": with_unc, "case_id": "c1"})
+    assert torch.equal(split["pred"], with_unc[:3]) and split["uncertainty"].shape == (1, 6, 6)
+    assert torch.equal(split["uncertainty"], torch.ones(1, 6, 6))  # 0.3 * 4 clamped to 1
+    with pytest.raises(BadInputError, match=r"^case c1: 'pred' has 5 channels; expected 3 class channels, or 4 "):
+        SplitUncertaintyd(num_classes=3)({"pred": torch.rand(5, 6, 6), "case_id": "c1"})
+    named_by_file = MetaTensor(torch.rand(1, 6, 6), meta={"filename_or_obj": "img_07.png"})
+    with pytest.raises(BadInputError, match=r"^img_07.png: 'pred' has 1 channels; expected 2 class channels"):
+        SplitUncertaintyd(num_classes=2)({"pred": named_by_file})
+    for bad in (None, 0, 2.0, True):
+        with pytest.raises(BadInputError, match="SplitUncertaintyd: num_classes must be"):
+            SplitUncertaintyd(num_classes=bad)
+    p = ConfigParser()
+    p.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / "textdiff" / "configs" / "inference.json"))
+    split_t = p.get_parsed_content("postprocessing").transforms[0]
+    assert isinstance(split_t, SplitUncertaintyd) and split_t.num_classes == p["network_def"]["num_classes"] == 2
+
+
 def test_inference_transforms():
     from monai.data import MetaTensor
 
@@ -200,9 +231,9 @@ def test_inference_transforms():
     with pytest.raises(BadInputError, match=r"case a: no report text for this case.*default_text"):
         FillTextd()({"case_id": "a", "text": "  "})
     pred = torch.rand(3, 8, 8) * 0.25
-    d = SplitUncertaintyd()({"pred": pred})
+    d = SplitUncertaintyd(num_classes=2)({"pred": pred})
     assert d["pred"].shape == (2, 8, 8) and torch.allclose(d["uncertainty"], pred[2:3] * 4)
-    assert "uncertainty" not in SplitUncertaintyd()({"pred": torch.rand(2, 8, 8)})
+    assert "uncertainty" not in SplitUncertaintyd(num_classes=2)({"pred": torch.rand(2, 8, 8)})
     image = MetaTensor(torch.zeros(3, 8, 8), meta={"spatial_shape": (20, 12), "filename_or_obj": "x.png"})
     out = ResizeToOriginald(["pred", "uncertainty"])({"image": image, "pred": torch.rand(2, 8, 8)})
     assert out["pred"].shape == (2, 20, 12) and out["pred"].meta["filename_or_obj"] == "x.png"

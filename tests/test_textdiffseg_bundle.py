@@ -8,7 +8,6 @@ smaller windows (16^3) and shared by the tests (synthetic MSD-layout kidney data
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -20,6 +19,7 @@ from monai.bundle import ConfigParser
 from common.data.converters import get_converter
 from common.data.synthetic import make_msd_like
 from common.errors import BadInputError
+from helpers.bundle_scripts import bundle_scripts
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "textdiffseg"
@@ -27,15 +27,10 @@ BUNDLE = REPO / "bundles" / "textdiffseg"
 
 @pytest.fixture(scope="module", autouse=True)
 def textdiffseg_scripts():
-    """Let ``scripts`` resolve to bundles/textdiffseg/scripts in this module (every bundle names its package
-    ``scripts``), then restore whatever ``scripts`` modules and sys.path entries were there before."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
-    sys.path.insert(0, str(BUNDLE))
-    yield
-    sys.path.remove(str(BUNDLE))
-    for k in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-        del sys.modules[k]
-    sys.modules.update(saved)
+    """``scripts`` resolves to bundles/textdiffseg/scripts while this module's tests run (configs instantiate
+    ``scripts.*`` lazily), then the earlier ``scripts`` modules and sys.path are restored."""
+    with bundle_scripts("textdiffseg"):
+        yield
 
 TINY = {
     "roi_size": [16, 16, 16],
@@ -91,6 +86,43 @@ def test_training_lowers_the_loss_and_writes_checkpoints(trained, data):
     assert np.mean(losses[-n:]) < 0.7 * np.mean(losses[:n]), (losses[:n], losses[-n:])
     assert (Path(data["ckpt_dir"]) / "model.pt").is_file()
     assert sorted(p.name for p in (Path(data["ckpt_dir"]) / "checkpoints").glob("*.pt"))
+
+
+def test_paper_default_ema_export_writes_the_ema_weights_to_model_pt(tmp_path, data):
+    """train.json's default ``final_weights: "ema"`` (paper: EMA weights are the released model): at the end of
+    training models/model.pt holds the EMA model's state dict, not the raw network's, and inference loads it.
+    (The demo and the shared fixture export ``"model"``.) One case, one patch, one epoch: a single iteration."""
+    from common.checks import load_network_weights
+
+    defaults = ConfigParser()
+    defaults.read_config(str(BUNDLE / "configs" / "train.json"))
+    assert defaults["final_weights"] == "ema" and defaults["ema_decay"] == 0.999
+    doc = json.loads(Path(data["datalist"]).read_text())
+    base = Path(data["datalist"]).parent
+    one = {k: (str(base / v) if k in ("image", "label") else v) for k, v in doc["training"][0].items()}
+    small = tmp_path / "one_case" / "datalist.json"
+    small.parent.mkdir()
+    small.write_text(json.dumps({**doc, "training": [one], "validation": [], "test": []}))
+    ckpt_dir = tmp_path / "models"
+    torch.manual_seed(0)
+    p = _parser(["train.json", "demo.json"], {**data, "datalist": str(small), "ckpt_dir": str(ckpt_dir)},
+                final_weights="ema", ema_decay=0.5, max_epochs=1, warmup_epochs=0, patches_per_volume=1, resume=False)
+    p.get_parsed_content("initialize")
+    trainer = p.get_parsed_content("train#trainer")
+    init = {k: v.detach().clone() for k, v in p.get_parsed_content("network").named_parameters()}
+    trainer.run()
+    assert trainer.state.iteration == 1
+    ema_state = p.get_parsed_content("ema").ema_model.state_dict()
+    raw_state = p.get_parsed_content("network").state_dict()
+    saved = torch.load(ckpt_dir / "model.pt", map_location="cpu", weights_only=True)
+    assert set(saved) == {"model"} and saved["model"].keys() == ema_state.keys() == raw_state.keys()
+    assert all(torch.equal(saved["model"][k], ema_state[k]) for k in ema_state)
+    # after one step (no lr warm-up) with decay 0.5 the EMA is halfway between init and the trained weights
+    assert any(not torch.equal(ema_state[k], raw_state[k]) for k in init)
+    assert all(torch.allclose(ema_state[k], 0.5 * init[k] + 0.5 * raw_state[k], atol=1e-6) for k in init)
+    net = _parser(["inference.json", "demo.json"], data).get_parsed_content("network_def")
+    load_network_weights(net, ckpt_dir / "model.pt")
+    assert all(torch.equal(net.state_dict()[k], ema_state[k]) for k in ema_state)
 
 
 def test_reloaded_checkpoint_is_identical(trained, data):
@@ -193,10 +225,39 @@ def test_bad_inputs_have_clear_messages(tmp_path, data):
     pu = _parser(["inference.json", "demo.json"], data, use_case_text=True, default_text=None, class_prompts=[])
     pre_u = pu.get_parsed_content("preprocessing")
     msg = _bad_input(pre_u, {"image": str(base / case["image"]), "case_id": "nt"})
-    assert "case nt: text prompt is missing" in msg
+    assert "case nt: no report text for this case (got None)" in msg and "set 'default_text'" in msg
     inferer = pu.get_parsed_content("inferer")
-    with pytest.raises(BadInputError, match="text prompt is missing"):
+    with pytest.raises(BadInputError, match=r"image\[0\]: no report text for this case \(got None\).*'default_text'"):
         inferer(torch.rand(1, 1, 16, 16, 16), torch.nn.Identity())
+
+
+def test_case_text_resolution_is_the_shared_one():
+    """CaseTextd and TextConditioner resolve texts with common.checks.resolve_texts: same rule, same messages."""
+    from common.checks import resolve_texts
+    from scripts.text import CaseTextd, TextConditioner
+
+    conditioner = TextConditioner("not-loaded-for-texts_for", use_case_text=True)  # encoder loads on first encode
+    transform = CaseTextd("text", use_case_text=True)
+    for missing in (None, "", "   ", 7):
+        with pytest.raises(BadInputError) as shared:
+            resolve_texts([missing], 1, None, ["k9"])
+        with pytest.raises(BadInputError) as from_conditioner:
+            conditioner.texts_for([missing], 1, case_ids=["k9"])
+        with pytest.raises(BadInputError) as from_transform:
+            transform({"case_id": "k9", "text": missing})
+        assert str(from_conditioner.value) == str(from_transform.value) == str(shared.value)
+        assert str(shared.value).startswith(f"case k9: no report text for this case (got {missing!r})")
+    with pytest.raises(BadInputError, match=r"case k9: no report text for this case \(got None\)"):
+        transform({"case_id": "k9"})  # no 'text' entry at all
+    with pytest.raises(BadInputError, match="text: 2 texts for a batch of 3 images"):
+        conditioner.texts_for(["a", "b"], 3)
+    fallback = TextConditioner("not-loaded", use_case_text=True, default_text="CT of the abdomen.")
+    assert fallback.texts_for(["left kidney", None], 2) == [["left kidney"], ["CT of the abdomen."]]
+    assert CaseTextd("text", use_case_text=True, default_text="d")({"case_id": "x"})["text"] == "d"
+    assert CaseTextd("text", use_case_text=True)({"case_id": "x", "text": "real"})["text"] == "real"
+    assert CaseTextd("text", use_case_text=False)({"case_id": "x", "text": "real"})["text"] == ""
+    prompts = TextConditioner("not-loaded", dataset_prompts=["p1", "p2"])
+    assert prompts.texts_for(None, 2) == [["p1", "p2"], ["p1", "p2"]]
 
 
 def test_dataset_prompts_and_per_case_text(trained):
@@ -213,7 +274,7 @@ def test_dataset_prompts_and_per_case_text(trained):
     a, ma = per_case(["CT of the abdomen showing the left kidney."], 1)
     b, mb = per_case(["CT of the abdomen showing the right kidney."], 1)
     assert a.shape == b.shape and not torch.allclose(a, b)
-    with pytest.raises(BadInputError, match="case c7: text prompt is missing"):
+    with pytest.raises(BadInputError, match=r"case c7: no report text for this case \(got None\).*'default_text'"):
         per_case([None], 1, case_ids=["c7"])
     fallback = TextConditioner(encoder, use_case_text=True, default_text="CT of the abdomen.")
     assert fallback.texts_for([""], 1) == [["CT of the abdomen."]]

@@ -16,21 +16,17 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.errors import BadInputError
+from helpers.bundle_scripts import bundle_scripts
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "textdiffseg"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def textdiffseg_scripts():
-    """Let ``scripts`` resolve to bundles/textdiffseg/scripts in this module (every bundle names its package
-    ``scripts``), then restore whatever ``scripts`` modules and sys.path entries were there before."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
-    sys.path.insert(0, str(BUNDLE))
-    yield
-    sys.path.remove(str(BUNDLE))
-    for k in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-        del sys.modules[k]
-    sys.modules.update(saved)
+    """``scripts`` resolves to bundles/textdiffseg/scripts while this module's tests run (configs instantiate
+    ``scripts.*`` lazily), then the earlier ``scripts`` modules and sys.path are restored."""
+    with bundle_scripts("textdiffseg"):
+        yield
 
 
 def _parser(*overrides: str) -> ConfigParser:
@@ -125,3 +121,32 @@ def test_bundle_validates_with_the_demo_override():
     report = validate_bundle(BUNDLE, override="configs/demo.json", network=False)
     assert not report.failed, str(report)
     assert str(report).count("[PASS] configs") == 8
+
+
+def test_bundle_scripts_helper_switches_and_restores_the_scripts_package():
+    """tests/helpers/bundle_scripts.py: inside, ``scripts`` is the named bundle's; after, the earlier one is back."""
+    import importlib
+    import sys
+
+    from helpers.bundle_scripts import BUNDLES_DIR
+
+    outer = sys.modules["scripts"]
+    assert Path(outer.__file__).parent == BUNDLE / "scripts"  # this module's autouse fixture
+    outer_network = importlib.import_module("scripts.network")
+    path_before = list(sys.path)
+    with bundle_scripts("cdal") as folder:
+        assert folder == BUNDLES_DIR / "cdal" and sys.path[0] == str(folder)
+        assert "scripts" not in sys.modules and "scripts.network" not in sys.modules  # the earlier ones are out
+        cdal_networks = importlib.import_module("scripts.networks")
+        assert Path(cdal_networks.__file__).parent == BUNDLES_DIR / "cdal" / "scripts"
+    assert sys.path == path_before
+    assert sys.modules["scripts"] is outer and sys.modules["scripts.network"] is outer_network
+    assert "scripts.networks" not in sys.modules  # the cdal module is gone
+    with pytest.raises(RuntimeError, match="boom"):
+        with bundle_scripts("diffboost"):
+            raise RuntimeError("boom")
+    assert sys.path == path_before and sys.modules["scripts"] is outer  # restored even when the block raised
+    with pytest.raises(FileNotFoundError, match="no_such_bundle"):
+        with bundle_scripts("no_such_bundle"):
+            pass
+    assert sys.path == path_before

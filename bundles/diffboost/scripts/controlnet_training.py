@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from common.checks import resolve_texts
 from common.errors import BadInputError
 
 __all__ = ["PromptEncoder", "ControlNetIteration"]
@@ -62,7 +63,8 @@ class ControlNetIteration:
         sd_parts: :class:`scripts.sd_parts.StableDiffusionParts` (frozen VAE/UNet/text encoder + DDPM scheduler).
         image_key, edge_key, text_key: batch keys: ``image`` ``(B, 1, H, W)`` in [-1, 1], ``edge`` ``(B, 1, H, W)``
             in [0, 1], ``text`` list of B prompts.
-        default_text: prompt for batches without ``text`` (``None`` = such a batch is an error).
+        default_text: prompt for cases without ``text`` (``None`` = such a case is an error naming it).
+        case_key: batch key of the case ids named in errors.
 
     Returns per iteration ``{"loss": tensor}`` (``engine.state.output``), so ``common.training.LossOutput`` works.
     """
@@ -74,19 +76,23 @@ class ControlNetIteration:
         edge_key: str = "edge",
         text_key: str = "text",
         default_text: str | None = None,
+        case_key: str = "case_id",
     ) -> None:
         self.sd = sd_parts
         self.image_key, self.edge_key, self.text_key = image_key, edge_key, text_key
         self.default_text = default_text
+        self.case_key = case_key
         self.prompts = PromptEncoder(sd_parts.tokenizer, sd_parts.text_encoder)
 
     def _texts(self, batch: Mapping[str, Any], n: int) -> list[str]:
-        texts = batch.get(self.text_key)
-        if texts is None:
-            if self.default_text is None:
-                raise BadInputError("batch", f"no '{self.text_key}' prompts in the batch and default_text is not set")
-            return [self.default_text] * n
-        return [texts] * n if isinstance(texts, str) else list(texts)
+        """The prompt of each of the ``n`` cases: its ``text``, else ``default_text``, else a
+        :class:`BadInputError` naming the case (``common.checks.resolve_texts``)."""
+        case_ids = batch.get(self.case_key)
+        if isinstance(case_ids, str):
+            case_ids = [case_ids]
+        if case_ids is not None and len(case_ids) != n:
+            case_ids = None
+        return resolve_texts(batch.get(self.text_key), n, self.default_text, case_ids)
 
     def loss(self, controlnet: torch.nn.Module, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
         """The epsilon-MSE of one batch (gradients flow into ``controlnet`` only)."""

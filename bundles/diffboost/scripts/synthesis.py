@@ -16,8 +16,11 @@ and mapped to [-1, 1].
 uncompressed NIfTI, read fast at every training step; the real slice's label is reused as their ground truth,
 pixel-aligned), plus the hint ``<case>/<case>_edge.nii``, and a
 manifest ``manifest.json`` recording each image's provenance (source case and files, prompt, augmentation text,
-seed, sampler settings, generator weights). It is resumable: images that exist are skipped (a killed run restarts
-where it stopped, the manifest is rewritten atomically after every case), and each image has its own seed
+seed, sampler settings) under a provenance header (sampler settings, seed, n, SD model, edge detector, size and
+sha256 of the ControlNet / HED weights). It is resumable: images that exist are skipped (a killed run restarts
+where it stopped, the manifest is rewritten atomically after every case) -- but only when the stored header equals
+the current one: a folder made with other settings (or with an unreadable manifest) stops the run with a
+:class:`~common.errors.BadInputError` listing the differences. Each image has its own seed
 (``sha256(seed, case, i)``; the authors reseed with 1 before every slice -- a quirk), so a resumed run writes the same
 images as an uninterrupted one.
 """
@@ -37,7 +40,7 @@ import numpy as np
 import torch
 
 from common.atomic import atomic_path, atomic_write_json
-from common.checks import check_label, find_bad_input_error
+from common.checks import check_label, find_bad_input_error, resolve_texts
 from common.errors import BadInputError
 
 from .transforms import MANIFEST_NAME
@@ -49,6 +52,7 @@ __all__ = [
     "STYLE_TEXT",
     "ControlNetSampler",
     "Synthesizer",
+    "file_identity",
     "sample_seed",
     "synthetic_file",
 ]
@@ -119,6 +123,43 @@ AUGMENTATION_TEXTS: tuple[str, ...] = (
 def sample_seed(seed: int, case_id: str, index: int) -> int:
     """Seed of synthetic image ``index`` of ``case_id``: independent of batching and of what was done before."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{case_id}:{index}".encode()).digest()[:4], "little")
+
+
+def file_identity(path: str | Path | None) -> dict[str, Any] | None:
+    """Content identity ``{"path", "size", "sha256"}`` of a weights file (``None`` for no file).
+
+    Recorded in the synthesis manifest so that images made by other generator weights are recognised on resume (the
+    sha256, not the path or mtime, is compared: copying or moving the file keeps its identity).
+
+    Raises:
+        BadInputError: ``path`` is given but is not a file.
+    """
+    if path is None or str(path) == "":
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(p, "weights file not found (needed to record which generator made the synthetic images)")
+    digest = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return {"path": str(p), "size": p.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Human-readable ``key: was X, now Y`` lines for the leaves where ``old`` and ``new`` differ."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in old:
+                out.append(f"{key}: absent before, now {new[k]!r}")
+            elif k not in new:
+                out.append(f"{key}: was {old[k]!r}, now absent")
+            else:
+                out += _differences(old[k], new[k], key)
+        return out
+    return [] if old == new else [f"{prefix or 'header'}: was {old!r}, now {new!r}"]
 
 
 def synthetic_file(case_id: str, index: int) -> str:
@@ -196,9 +237,11 @@ class ControlNetSampler:
             "eta": self.eta,
             "controlnet_conditioning_scale": self.conditioning_scale,
             "prompt_weights": list(self.prompt_weights),
+            "prompt_template": "{prompt}" + QUALITY_SUFFIX,
             "quality_suffix": QUALITY_SUFFIX,
             "style_text": STYLE_TEXT,
             "negative_prompt": self.negative_prompt,
+            "augmentation_texts_sha256": hashlib.sha256("\n".join(self.augmentation_texts).encode()).hexdigest(),
         }
 
     def augmentation_text(self, index: int) -> str:
@@ -266,17 +309,31 @@ def _save_nifti(path: Path, image: torch.Tensor) -> None:
 class Synthesizer:
     """Write ``num_per_slice`` synthetic images per training slice, resumably, with a provenance manifest.
 
+    The manifest header records what decides the images: ``num_per_slice``, ``seed``, the sampler settings (steps,
+    guidance, eta, control strength, prompt template and weights, negative prompt, augmentation texts), the
+    ``provenance`` settings (e.g. SD model, edge detector, image size) and the content identity (size + sha256) of
+    the ``weights_files`` (ControlNet, HED). It is written before the first image. On resume the stored header must
+    equal the current one, and each kept image's recorded prompt must equal its case's current prompt; otherwise
+    the run stops (images made with other settings would be mislabelled with the new provenance).
+
     Args:
-        sampler: :class:`ControlNetSampler` (built lazily by the config only when there is work to do, if a
-            zero-argument callable is given).
+        sampler: :class:`ControlNetSampler` (a zero-argument callable is built at the start of :meth:`run`: its
+            settings are part of the provenance header).
         data: the training entries (``case_id``, ``image``, ``label``, ``text``).
         preprocessing: the deterministic transform producing ``image`` ``(1, S, S)``, ``label``, ``edge`` and ``text``.
         output_dir: the synthesis folder (``synthetic_dir``).
         num_per_slice: n (50 at full scale; the paper reports a plateau beyond ~10).
-        batch_size: images per pipeline call.
+        batch_size: images per pipeline call (does not change the images; not part of the header).
         seed: base seed (see :func:`sample_seed`).
-        default_text: prompt for entries without text.
-        provenance: extra fields written into the manifest header (e.g. the ControlNet weights file).
+        default_text: prompt for entries without text (``None``: such an entry is an error naming the case).
+        provenance: settings written into the manifest header and compared on resume (e.g. the SD model).
+        weights_files: ``{name: path or None}`` of generator weights whose identity (:func:`file_identity`) is
+            recorded and compared on resume (e.g. ``controlnet_weights``, ``hed_weights``).
+        locations: paths recorded in the header for information only, not compared (e.g. the datalist).
+
+    Raises (from :meth:`run`):
+        BadInputError: naming ``manifest.json``, when it is unreadable, or was made with other settings (the
+            differences are listed), or when ``output_dir`` holds synthetic images without a manifest.
     """
 
     def __init__(
@@ -290,6 +347,8 @@ class Synthesizer:
         seed: int = 0,
         default_text: str | None = None,
         provenance: Mapping[str, Any] | None = None,
+        weights_files: Mapping[str, str | Path | None] | None = None,
+        locations: Mapping[str, Any] | None = None,
     ) -> None:
         if int(num_per_slice) < 1:
             raise BadInputError("num_synthetic", f"must be >= 1, got {num_per_slice}")
@@ -302,7 +361,10 @@ class Synthesizer:
         self.seed = int(seed)
         self.default_text = default_text
         self.provenance = dict(provenance or {})
+        self.weights_files = dict(weights_files or {})
+        self.locations = dict(locations or {})
         self.generated: list[tuple[str, int]] = []
+        self._identities: dict[str, dict[str, Any] | None] = {}
 
     @property
     def sampler(self) -> ControlNetSampler:
@@ -314,23 +376,57 @@ class Synthesizer:
     def manifest_path(self) -> Path:
         return self.output_dir / MANIFEST_NAME
 
-    def _load_records(self) -> dict[str, dict[str, Any]]:
+    def header(self) -> dict[str, Any]:
+        """The provenance header compared on resume (see the class docstring)."""
+        self._identities = {name: file_identity(path) for name, path in sorted(self.weights_files.items())}
+        weights = {
+            name: None if ident is None else {"size": ident["size"], "sha256": ident["sha256"]}
+            for name, ident in self._identities.items()
+        }
+        return {
+            "num_per_slice": self.num_per_slice,
+            "seed": self.seed,
+            "sampler": self._settings(),
+            "provenance": self.provenance,
+            "weights": weights,
+        }
+
+    def _fail(self, problem: str) -> BadInputError:
+        return BadInputError(self.manifest_path, f"{problem}; delete the folder or set another synthetic_dir")
+
+    def _load_records(self, header: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Records of the existing manifest, after checking that its header equals ``header``."""
         if not self.manifest_path.is_file():
+            stray = sorted(self.output_dir.glob("*/*_syn[0-9][0-9][0-9].nii"))
+            if stray:
+                raise BadInputError(
+                    self.output_dir,
+                    f"holds {len(stray)} synthetic image(s) (e.g. {stray[0].name}) but no {MANIFEST_NAME}, so the "
+                    "settings that made them are unknown; delete the folder or set another synthetic_dir",
+                )
             return {}
         try:
             doc = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-            return {r["file"]: r for r in doc.get("images", [])}
-        except (ValueError, KeyError, TypeError):
-            logger.warning("%s is unreadable; it is rebuilt from the images on disk", self.manifest_path)
-            return {}
+            old = doc["header"]
+            records = {r["file"]: r for r in doc["images"]}
+        except (ValueError, KeyError, TypeError) as err:
+            raise self._fail(f"unreadable synthesis manifest ({type(err).__name__}: {err})") from None
+        diffs = _differences(json.loads(json.dumps(old)), json.loads(json.dumps(header)))
+        if diffs:
+            shown = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+            raise self._fail(f"made with other settings ({shown})")
+        return records
 
-    def _write_manifest(self, records: Mapping[str, Mapping[str, Any]]) -> None:
+    def _write_manifest(self, header: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]) -> None:
         doc = {
-            "format": 1,
+            "format": 2,
             "description": "DiffBoost synthetic images; each is paired with the label of its source slice",
+            "header": header,
             "num_per_slice": self.num_per_slice,
             "seed": self.seed,
             "provenance": self.provenance,
+            "weights_files": self._identities,
+            "locations": self.locations,
             "images": [records[k] for k in sorted(records)],
         }
         atomic_write_json(self.manifest_path, doc)
@@ -350,7 +446,9 @@ class Synthesizer:
     def run(self) -> dict[str, int]:
         """Synthesise what is missing; returns ``{"cases", "generated", "skipped"}`` counts (images)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        records = self._load_records()
+        header = self.header()
+        records = self._load_records(header)
+        self._write_manifest(header, records)  # the header exists before the first image is written
         generated = skipped = 0
         n_cases = len(self.data)
         start = time.perf_counter()
@@ -358,13 +456,17 @@ class Synthesizer:
             cid = str(entry["case_id"])
             files = [synthetic_file(cid, i) for i in range(self.num_per_slice)]
             todo = [i for i, f in enumerate(files) if not (self.output_dir / f).is_file()]
-            prompt = str(entry.get("text") or self.default_text or "")
-            if not prompt:
-                raise BadInputError(f"case {cid}", "no text prompt and default_text is not set")
+            prompt = resolve_texts([entry.get("text")], 1, self.default_text, [cid])[0]
+            kept = [f for i, f in enumerate(files) if i not in todo and f in records]
+            stale = [f for f in kept if records[f].get("prompt") != prompt]
+            if stale:
+                raise self._fail(
+                    f"made with other settings (case {cid}: prompt was {records[stale[0]].get('prompt')!r}, now "
+                    f"{prompt!r})"
+                )
             if todo:
                 t0 = time.perf_counter()
                 d = self._prepare(entry)
-                prompt = str(d.get("text") or prompt)
                 _save_nifti(self.output_dir / cid / f"{cid}_edge.nii", d["edge"])
                 for s in range(0, len(todo), self.batch_size):
                     chunk = todo[s : s + self.batch_size]
@@ -401,7 +503,7 @@ class Synthesizer:
                     "seed": sample_seed(self.seed, cid, i),
                     "sampler": self._settings(),
                 }
-            self._write_manifest(records)
+            self._write_manifest(header, records)
         logger.info(
             "synthesis done: %d slices, %d images written, %d existing kept, %.1f s -> %s",
             n_cases,
@@ -418,4 +520,4 @@ class Synthesizer:
         return AUGMENTATION_TEXTS[index % len(AUGMENTATION_TEXTS)]
 
     def _settings(self) -> dict[str, Any]:
-        return self._sampler.settings() if isinstance(self._sampler, ControlNetSampler) else {}
+        return self.sampler.settings()

@@ -26,6 +26,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
+from common.checks import resolve_texts
 from common.errors import BadInputError
 from common.text_encoder import FrozenTextEncoder
 
@@ -95,23 +96,11 @@ class TextConditioner:
         return out, out_mask
 
     def texts_for(self, case_texts: Sequence[Any] | None, batch: int, case_ids: Sequence[Any] | None = None) -> list[list[str]]:
-        """The sentences of each of ``batch`` cases (case text or dataset prompts); raises for a missing text."""
+        """The sentences of each of ``batch`` cases: the dataset prompts, or (``use_case_text``) the case's text,
+        else ``default_text``, else :class:`BadInputError` naming the case (:func:`common.checks.resolve_texts`)."""
         if not self.use_case_text:
             return [list(self.dataset_prompts) for _ in range(batch)]
-        case_texts = list(case_texts) if case_texts is not None else [None] * batch
-        if len(case_texts) != batch:
-            raise BadInputError("text", f"{len(case_texts)} texts for {batch} images")
-        out = []
-        for i, t in enumerate(case_texts):
-            if t is None or (isinstance(t, str) and not t.strip()):
-                if self.default_text is None:
-                    who = f"case {case_ids[i]}" if case_ids is not None else f"image {i}"
-                    raise BadInputError(
-                        who, "text prompt is missing; give the case a 'text' in the datalist or set default_text"
-                    )
-                t = self.default_text
-            out.append([str(t)])
-        return out
+        return [[t] for t in resolve_texts(case_texts, batch, self.default_text, case_ids)]
 
     def __call__(
         self, case_texts: Sequence[Any] | None, batch: int, device: torch.device | str = "cpu",
@@ -142,15 +131,7 @@ class CaseTextd(MapTransform):
             if not self.use_case_text:
                 d[key] = ""
                 continue
-            t = d.get(key)
-            if t is None or not isinstance(t, str) or not t.strip():
-                if self.default_text is None:
-                    raise BadInputError(
-                        f"case {d.get(self.case_key, '?')}",
-                        f"text prompt is missing (no usable {key!r} entry: {t!r}); add it to the datalist or set "
-                        "default_text",
-                    )
-                d[key] = self.default_text
+            (d[key],) = resolve_texts([d.get(key)], 1, self.default_text, [d.get(self.case_key, "?")])
         return d
 
 

@@ -64,7 +64,7 @@ from common.data.datalist import split_cases
 from common.data.describe import body_region, describe_labelled_volume, describe_unlabelled_volume, modality_phrase
 from common.errors import BadInputError
 
-__all__ = ["MSDConverter", "read_integer_label"]
+__all__ = ["MSDClasses", "MSDConverter", "read_integer_label"]
 
 _NII = (".nii.gz", ".nii")
 
@@ -143,6 +143,30 @@ def _int_keys(d: dict[Any, Any], source: Any, what: str) -> dict[int, Any]:
         return {int(k): v for k, v in d.items()}
     except (TypeError, ValueError):
         raise BadInputError(source, f"{what} keys must be integers, got {list(d)}") from None
+
+
+@dataclass
+class MSDClasses:
+    """Label, modality and channel settings of an MSD task after the converter options.
+
+    Built by :meth:`MSDConverter.parse_classes` (shared by the ``msd`` and ``msd_slices`` converters).
+
+    Attributes:
+        labels: ``{value: name}`` of ``dataset.json`` ``labels``.
+        modality: ``{channel: name}`` of the selected channels (renumbered from 0).
+        channels: the selected image channels, or ``None`` (all).
+        mapping: ``{orig: target}`` of the label values that change.
+        names: ``{target: name}`` of the classes after merging.
+        lut: look-up table ``lut[orig] = target`` for every ``labels`` value; ``uint8`` when every value (before and
+            after merging) is < 256, else ``int32`` -- so ``lut[label]`` never overflows.
+    """
+
+    labels: dict[int, str]
+    modality: dict[int, str]
+    channels: list[int] | None
+    mapping: dict[int, int]
+    names: dict[int, str]
+    lut: np.ndarray
 
 
 @register_converter("msd")
@@ -244,6 +268,45 @@ class MSDConverter(DatasetConverter):
             layout.unlabelled = [MSDCase(case_key(p), p) for p in visible_files(task_dir / "imagesTs", _NII)]
         return layout
 
+    def parse_classes(
+        self, layout: MSDLayout, options: Mapping[str, Any], require_channel_choice: bool = False
+    ) -> MSDClasses:
+        """Parse ``labels``/``modality`` of ``dataset.json`` with the ``channels``, ``binary``, ``label_mapping`` and
+        ``label_names`` options (shared by ``msd`` and ``msd_slices``).
+
+        Args:
+            layout: the checked task folder.
+            options: the converter options.
+            require_channel_choice: multi-channel images need ``channels`` (2D slice converters).
+
+        Raises:
+            BadInputError: invalid channels, a missing channel choice, negative label values or bad label options.
+        """
+        meta, meta_path = layout.meta, layout.task_dir / "dataset.json"
+        labels = {k: str(v) for k, v in _int_keys(meta["labels"], meta_path, "labels").items()}
+        if min(labels) < 0:
+            raise BadInputError(meta_path, f"label values must be >= 0, got {sorted(labels)}")
+        modality = {k: str(v) for k, v in _int_keys(meta["modality"], meta_path, "modality").items()}
+        channels = options["channels"]
+        if channels is not None:
+            channels = [channels] if isinstance(channels, int) else list(channels)
+            bad = [c for c in channels if not isinstance(c, int) or not 0 <= c < layout.n_channels]
+            if bad or not channels:
+                raise BadInputError(
+                    "channels", f"invalid channel(s) {bad or channels}: the images have {layout.n_channels} channel(s)"
+                )
+            modality = {i: modality.get(c, f"channel {c}") for i, c in enumerate(channels)}
+        elif require_channel_choice and layout.n_channels > 1:
+            raise BadInputError(
+                meta_path, f"the images have {layout.n_channels} channels; choose with channels, e.g. [0] (Prostate T2)"
+            )
+        mapping, names = self._label_mapping(labels, dict(options))
+        top = max([*labels, *mapping.values()])
+        lut = np.arange(max(labels) + 1, dtype=np.uint8 if top < 256 else np.int32)
+        for k, v in mapping.items():
+            lut[k] = v
+        return MSDClasses(labels, modality, channels, mapping, names, lut)
+
     def _label_mapping(self, labels: dict[int, str], options: dict[str, Any]) -> tuple[dict[int, int], dict[int, str]]:
         """({orig: target} of changed values, {target: name}) from ``binary``, ``label_mapping``, ``label_names``."""
         mapping: dict[int, int] = {}
@@ -278,23 +341,10 @@ class MSDConverter(DatasetConverter):
 
     def build(self, layout: MSDLayout, dst: Path, **options: Any) -> dict[str, Any]:
         """Read each label for its text and return the datalist document (no files written)."""
-        meta, meta_path = layout.meta, layout.task_dir / "dataset.json"
-        labels = {k: str(v) for k, v in _int_keys(meta["labels"], meta_path, "labels").items()}
-        modality = {k: str(v) for k, v in _int_keys(meta["modality"], meta_path, "modality").items()}
-        channels = options["channels"]
-        if channels is not None:
-            channels = [channels] if isinstance(channels, int) else list(channels)
-            bad = [c for c in channels if not isinstance(c, int) or not 0 <= c < layout.n_channels]
-            if bad or not channels:
-                raise BadInputError(
-                    "channels", f"invalid channel(s) {bad or channels}: the images have {layout.n_channels} channel(s)"
-                )
-            modality = {i: modality.get(c, f"channel {c}") for i, c in enumerate(channels)}
-        mapping, names = self._label_mapping(labels, options)
-        top = max([*labels, *mapping.values()])
-        lut = np.arange(max(labels) + 1, dtype=np.uint8 if top < 256 else np.int32)
-        for k, v in mapping.items():
-            lut[k] = v
+        meta = layout.meta
+        classes = self.parse_classes(layout, options)
+        labels, modality, channels = classes.labels, classes.modality, classes.channels
+        mapping, names, lut = classes.mapping, classes.names, classes.lut
         words = modality_phrase([modality[k] for k in sorted(modality)])
         region = options["region"] or body_region(str(meta["name"]) + " " + layout.task_dir.name)
         if options["side_reference"] not in ("fov_center", "none"):

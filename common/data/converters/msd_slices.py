@@ -9,7 +9,7 @@ authors' preprocessing does: a slice is kept when its label, resized (nearest) t
 Output (``DST``)::
 
     slices/images/<case>_z<NNN>.nii.gz    # 2D float32 (X, Y), the chosen channel(s) ((X, Y, C) for several)
-    slices/labels/<case>_z<NNN>.nii.gz    # 2D uint8 (X, Y), labels after the merge
+    slices/labels/<case>_z<NNN>.nii.gz    # 2D uint8 (X, Y), labels after the merge (int32 if a value is >= 256)
     datalist.json                         # fold ``fold`` held out as test (spatial_dims 2)
     datalist_fold<k>.json                 # every fold of the case-level K-fold split
 
@@ -43,7 +43,7 @@ from common.data.converters import register_converter
 from common.data.converters._folds import FOLD_OPTIONS
 from common.data.converters.base import relative_path
 from common.data.converters.busi import _fold_documents
-from common.data.converters.msd import MSDConverter, MSDLayout, _int_keys, read_integer_label
+from common.data.converters.msd import MSDConverter, MSDLayout, read_integer_label
 from common.errors import BadInputError
 
 __all__ = ["MSDSliceConverter", "organ_modality_prompt", "positive_slices"]
@@ -96,25 +96,14 @@ class MSDSliceConverter(MSDConverter):
 
     def build(self, layout: MSDLayout, dst: Path, **options: Any) -> dict[str, Any]:
         meta, meta_path = layout.meta, layout.task_dir / "dataset.json"
-        labels = {k: str(v) for k, v in _int_keys(meta["labels"], meta_path, "labels").items()}
-        modality = {k: str(v) for k, v in _int_keys(meta["modality"], meta_path, "modality").items()}
-        channels = options["channels"]
-        if channels is not None:
-            channels = [channels] if isinstance(channels, int) else list(channels)
-            bad = [c for c in channels if not isinstance(c, int) or not 0 <= c < layout.n_channels]
-            if bad or not channels:
-                raise BadInputError(
-                    "channels", f"invalid channel(s) {bad or channels}: the images have {layout.n_channels} channel(s)"
-                )
-            modality = {i: modality.get(c, f"channel {c}") for i, c in enumerate(channels)}
-        elif layout.n_channels > 1:
-            raise BadInputError(
-                meta_path, f"the images have {layout.n_channels} channels; choose with channels, e.g. [0] (Prostate T2)"
-            )
-        mapping, names = self._label_mapping(labels, options)
-        lut = np.arange(max([*labels, *mapping.values()]) + 1, dtype=np.uint8)
-        for k, v in mapping.items():
-            lut[k] = v
+        classes = self.parse_classes(layout, options, require_channel_choice=True)
+        labels, modality, channels, names, lut = (
+            classes.labels,
+            classes.modality,
+            classes.channels,
+            classes.names,
+            classes.lut,
+        )
         text = options["text"] or organ_modality_prompt(
             str(meta.get("name") or layout.task_dir.name), [modality[k] for k in sorted(modality)]
         )
@@ -126,7 +115,7 @@ class MSDSliceConverter(MSDConverter):
             unknown = sorted(set(np.unique(arr).tolist()) - set(labels))
             if unknown:
                 raise BadInputError(case.label, f"label values {unknown} are not in dataset.json labels {labels}")
-            arr = lut[arr].astype(np.uint8)
+            arr = lut[arr]  # uint8, or int32 when a label value is >= 256
             keep = positive_slices(arr, int(options["slice_size"]), int(options["min_foreground"]))
             if not keep:
                 continue
