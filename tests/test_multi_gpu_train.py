@@ -1,0 +1,271 @@
+"""Every bundle's ``configs/multi_gpu_train.json`` trains under ``torchrun --nproc_per_node=2`` (gloo, CPU).
+
+Issue 8 ("Several GPUs"): the overlay on ``train.json`` wraps the network(s) in DDP, shards the data with
+``DistributedSampler``, lets rank 0 alone write checkpoints, and picks the backend by device (nccl on GPU, gloo on
+CPU). This file runs the real launch command of the model zoo (spec ``monai-conventions.md`` section F)::
+
+    python -m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \
+        --config_file "['configs/train.json','configs/multi_gpu_train.json','configs/demo.json']" \
+        --meta_file configs/metadata.json ...
+
+on tiny synthetic datasets in the official layouts (written once per session with ``common.data.synthetic`` and the
+registered converters, as ``tools/demo.py prepare_demo_data`` does, at the smallest sizes), and checks: exit code 0,
+both ranks ran, one set of checkpoints and one final model written by rank 0 only, the final model loads into the
+bundle's ``network_def``. For the fastest bundle (TextDiffSeg) it also SIGKILLs the torchrun process group after the
+first epoch checkpoint exists and checks that the same command resumes from it and finishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.bundle_scripts import BUNDLES_DIR, bundle_scripts
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = BUNDLES_DIR.parent
+CONFIGS = "['configs/train.json','configs/multi_gpu_train.json','configs/demo.json']"
+RUN_TIMEOUT_S = 240
+
+
+@dataclass(frozen=True)
+class BundleCase:
+    """How one bundle is run here and what its training run must leave in ``ckpt_dir``."""
+
+    name: str
+    dataset: str
+    overrides: dict[str, str]
+    checkpoint_subdir: str
+    final_model: str
+    extra_models: tuple[str, ...] = field(default=())
+
+
+CASES = [
+    # TextDiff: also the validation CheckpointSaver's best model (rank 0 only: val_handlers None on rank 1).
+    BundleCase("textdiff", "monuseg", {"max_epochs": "1"}, "checkpoints", "model_last.pt", ("model.pt",)),
+    # cDAL: drop_last=True, batch 4 > the 2 cases a rank gets from the 3-case demo split -> batch 2.
+    BundleCase("cdal", "monuseg", {"max_epochs": "1", "batch_size": "2"}, "checkpoints", "model.pt"),
+    BundleCase("textdiffseg", "msd", {"max_epochs": "1", "save_interval": "1"}, "checkpoints", "model.pt"),
+    # DiffBoost stage (d) needs the synthesis stage's output; the multi-GPU overlay trains stage (d) only, so the
+    # baseline (use_synthetic False) is the variant that runs on its own.
+    BundleCase(
+        "diffboost", "busi", {"max_epochs": "1", "use_synthetic": "False"}, "checkpoints_baseline", "model_baseline.pt"
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def demo_datalists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny synthetic MoNuSeg / MSD / BUSI datasets converted by the real converters; ``{name: datalist.json}``."""
+    from common.data.converters import get_converter
+    from common.data.synthetic import make_monuseg_like, make_msd_like
+    from common.data.synthetic_busi import make_busi_like
+
+    data = tmp_path_factory.mktemp("multi_gpu_data")
+    raw = data / "raw"
+    make_monuseg_like(raw / "monuseg", n_train=4, n_test=2, size=64, seed=0)
+    make_msd_like(raw / "msd", n_train=4, n_test=1, shape_range=(32, 34), seed=0)
+    make_busi_like(raw / "busi", n_benign=1, n_malignant=6, n_normal=1, size=(64, 64), seed=0)
+    names = ("monuseg", "msd", "busi")
+    return {name: Path(get_converter(name).convert(raw / name, data / name, seed=0)) for name in names}
+
+
+def torchrun_command(case: BundleCase, datalist: Path, out: Path, **extra: str) -> list[str]:
+    """The zoo's 2-process launch of ``train.json + multi_gpu_train.json + demo.json`` with test overrides.
+
+    ``--tee 3`` makes torchrun prefix every line of rank r's output with ``[default<r>]:``.
+    """
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "--tee", "3", "-m", "monai.bundle", "run",
+        "--config_file", CONFIGS, "--meta_file", "configs/metadata.json",
+        "--dataset_dir", str(datalist.parent), "--datalist", str(datalist),
+        "--output_dir", str(out / "eval"), "--ckpt_dir", str(out / "models"),
+    ]
+    for k, v in {**case.overrides, **extra}.items():
+        cmd += [f"--{k}", v]
+    return cmd
+
+
+def child_env() -> dict[str, str]:
+    """Offline, single-threaded children that import this repository's ``common``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *inherited])
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def start(cmd: list[str], bundle: Path, log: Path) -> subprocess.Popen:
+    """Start ``cmd`` in ``bundle`` in its own process group (so a kill reaches torchrun and both workers)."""
+    with open(log, "w") as fh:
+        return subprocess.Popen(
+            cmd, cwd=bundle, stdout=fh, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
+        )
+
+
+def descendants(pid: int) -> list[int]:
+    """All descendant process ids of ``pid`` (Linux ``/proc/<pid>/task/<tid>/children``)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(x) for x in (task / "children").read_text().split()]
+                found += kids
+                todo += kids
+    return found
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun's process group and the workers' groups (torch elastic starts each worker in its own
+    session, so killing torchrun's group alone would leave the workers training as orphans)."""
+    pids = descendants(proc.pid)
+    groups = {proc.pid}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            groups.add(os.getpgid(pid))
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while (alive := [p for p in pids if is_running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive, f"processes of the killed run are still alive: {alive}"
+
+
+def is_running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def run_to_end(cmd: list[str], bundle: Path, log: Path) -> tuple[int, str]:
+    proc = start(cmd, bundle, log)
+    try:
+        rc = proc.wait(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        pytest.fail(f"torchrun did not finish in {RUN_TIMEOUT_S} s; log tail:\n{log.read_text()[-3000:]}")
+    return rc, log.read_text(errors="replace")
+
+
+def rank_lines(text: str, rank: int, pattern: str) -> list[str]:
+    """Lines of ``rank``'s output (torchrun ``--tee`` prefix) that match ``pattern``."""
+    return [ln for ln in text.splitlines() if ln.startswith(f"[default{rank}]:") and re.search(pattern, ln)]
+
+
+def all_files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def load_final_model(case: BundleCase, path: Path) -> int:
+    """Build the bundle's ``network_def`` (train.json + demo.json) and load ``path`` strictly; return #params."""
+    from monai.bundle import ConfigParser
+
+    from common.checks import load_network_weights
+
+    bundle = BUNDLES_DIR / case.name
+    scope = bundle_scripts(case.name) if (bundle / "scripts").is_dir() else contextlib.nullcontext(bundle)
+    with scope:
+        parser = ConfigParser()
+        parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "demo.json")])
+        parser["bundle_root"] = str(bundle)
+        net = parser.get_parsed_content("network_def", instantiate=True)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        load_network_weights(net, path, strict=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = saved["model"] if isinstance(saved.get("model"), dict) else saved  # ignite saves a lone object bare
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, saved[k]), f"{path}: {k} not loaded"
+        assert any(not torch.equal(before[k], v) for k, v in saved.items()), f"{path}: weights equal a fresh init"
+        return sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_overlay_picks_gloo_without_cuda(case: BundleCase) -> None:
+    """``dist_backend`` of the merged configs is gloo on a CPU-only machine (nccl where CUDA is available)."""
+    from monai.bundle import ConfigParser
+
+    bundle = BUNDLES_DIR / case.name
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / n) for n in ("train.json", "multi_gpu_train.json", "demo.json")])
+    expected = "nccl" if torch.cuda.is_available() else "gloo"
+    assert parser.get_parsed_content("dist_backend") == expected
+    assert "dist.init_process_group(backend=@dist_backend)" in " ".join(parser["initialize"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_torchrun_two_ranks_train(case: BundleCase, demo_datalists: dict[str, Path], tmp_path: Path) -> None:
+    """2-process gloo training: exit 0, both ranks train, rank 0 alone writes one checkpoint set + final model."""
+    out = tmp_path / "run"
+    cmd = torchrun_command(case, demo_datalists[case.dataset], out)
+    rc, text = run_to_end(cmd, BUNDLES_DIR / case.name, tmp_path / "torchrun.log")
+    assert rc == 0, f"exit {rc}; log tail:\n{text[-4000:]}"
+    for rank in (0, 1):  # both workers built the workflow and ran the trainer to the end
+        assert rank_lines(text, rank, r"Epoch\[1\] Complete"), f"rank {rank} did not finish epoch 1:\n{text[-3000:]}"
+        assert rank_lines(text, rank, r"Engine run finished"), f"rank {rank} did not finish:\n{text[-3000:]}"
+    assert len(rank_lines(text, 0, r"Saved checkpoint .*checkpoint_epoch=1\.pt")) == 1
+    assert not rank_lines(text, 1, r"Saved checkpoint|Saved the final"), "rank 1 wrote a checkpoint"
+    models = out / "models"
+    expected = {f"{case.checkpoint_subdir}/checkpoint_epoch=1.pt", case.final_model, *case.extra_models}
+    assert {f for f in all_files(models) if not f.startswith("feature_cache")} == expected
+    ckpt = torch.load(models / case.checkpoint_subdir / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert not any(k.startswith("module.") for k in ckpt["model"]), "DDP wrapper prefix leaked into the checkpoint"
+    for name in (case.final_model, *case.extra_models):
+        assert load_final_model(case, models / name) > 0
+
+
+def test_torchrun_resumes_after_kill(demo_datalists: dict[str, Path], tmp_path: Path) -> None:
+    """SIGKILL of the torchrun process group after epoch 1's checkpoint; the same command resumes and finishes."""
+    case = next(c for c in CASES if c.name == "textdiffseg")  # the fastest bundle here
+    max_epochs = 8
+    out = tmp_path / "run"
+    cmd = torchrun_command(case, demo_datalists[case.dataset], out, max_epochs=str(max_epochs))
+    bundle = BUNDLES_DIR / case.name
+    ckpt_dir = out / "models" / case.checkpoint_subdir
+    first_log = tmp_path / "first.log"
+    proc = start(cmd, bundle, first_log)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        while not (ckpt_dir / "checkpoint_epoch=1.pt").is_file():
+            assert proc.poll() is None, f"exit {proc.returncode} before epoch 1:\n{first_log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no epoch-1 checkpoint in time"
+            time.sleep(0.05)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == -signal.SIGKILL, f"torchrun was not killed (exit {proc.returncode})"
+    assert not (out / "models" / case.final_model).exists(), "the run finished before the kill: nothing to resume"
+    done = sorted(int(m.group(1)) for p in ckpt_dir.glob("checkpoint_epoch=*.pt")
+                  if (m := re.search(r"epoch=(\d+)\.pt$", p.name)))
+    assert done and done[-1] < max_epochs
+    last = done[-1]
+
+    rc, text = run_to_end(cmd, bundle, tmp_path / "second.log")
+    assert rc == 0, f"exit {rc}; log tail:\n{text[-4000:]}"
+    for rank in (0, 1):
+        resumed = rank_lines(text, rank, rf"Resumed from .*checkpoint_epoch={last}\.pt: epoch {last}/{max_epochs} done")
+        assert resumed, f"rank {rank} did not resume from epoch {last}:\n{text[-3000:]}"
+        assert not rank_lines(text, rank, r"SupervisedTrainer - INFO - Epoch\[1\] Complete"), "epoch 1 re-run"
+        assert rank_lines(text, rank, rf"SupervisedTrainer - INFO - Epoch\[{last + 1}\] Complete")
+        assert rank_lines(text, rank, rf"SupervisedTrainer - INFO - Epoch\[{max_epochs}\] Complete")
+    ckpt = torch.load(ckpt_dir / f"checkpoint_epoch={max_epochs}.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == max_epochs
+    assert load_final_model(case, out / "models" / case.final_model) > 0
