@@ -18,9 +18,10 @@ chains per window batch, seeded noise) and the mean / variance over samples, bec
 sampling) does both.
 
 Uncertainty (beyond the paper): with ``num_samples = S > 1`` every window is sampled S times from independent
-noise; the prediction is the mean of the S probability maps and the uncertainty the voxel-wise total variance
-``sum_c Var_s[p_c]`` (trace of the covariance of the class probabilities over the samples; 0 when S = 1), stitched
-like the probabilities.
+noise; the prediction is the mean of the S probability maps and the uncertainty the bundles' one definition
+(bundles/README.md, "Outputs"; :func:`common.inference_transforms.foreground_variance`): the voxel-wise variance over
+the samples of the foreground probability, summed over the foreground classes ``sum_{c>=1} Var_s[p_c]`` when there
+are more than two (population variance, 0 when S = 1), stitched like the probabilities.
 
 Used from a bundle config (the contract's ``inferer(image, network)``)::
 
@@ -41,6 +42,7 @@ from monai.inferers import Inferer, sliding_window_inference
 from monai.networks.schedulers import DDIMScheduler
 
 from common.errors import BadInputError
+from common.inference_transforms import foreground_variance
 
 __all__ = ["DDIMSlidingWindowInferer", "LatentSegmentationDiffusion", "WithUncertainty", "split_uncertainty"]
 
@@ -187,7 +189,7 @@ class DDIMSlidingWindowInferer(Inferer):
         probs = net.decode_probabilities(z0).float()
         probs = probs.reshape(n_win, s, *probs.shape[1:])
         mean = probs.mean(dim=1)
-        var = probs.var(dim=1, unbiased=False).sum(dim=1, keepdim=True) if s > 1 else torch.zeros_like(mean[:, :1])
+        var = foreground_variance(probs, sample_dim=1, channel_dim=2)  # bundles/README.md "Outputs"; 0 when S = 1
         return mean, var
 
     def __call__(  # type: ignore[override]

@@ -1,7 +1,8 @@
 """Dictionary transforms for text-guided inference configs: default text, resize back to the input, uncertainty split.
 
 Used by the TextDiff bundle; generic for any bundle that runs at a fixed size, needs a report text per case, or
-returns an extra uncertainty channel.
+returns an extra uncertainty channel. :func:`foreground_variance` is the one definition of the ``<case>_uncertainty``
+output shared by every bundle (bundles/README.md, "Outputs").
 """
 
 from __future__ import annotations
@@ -17,7 +18,39 @@ from monai.transforms import MapTransform
 from common.checks import resolve_texts
 from common.errors import BadInputError
 
-__all__ = ["FillTextd", "ResizeToOriginald", "SplitUncertaintyd"]
+__all__ = ["FillTextd", "ResizeToOriginald", "SplitUncertaintyd", "foreground_variance"]
+
+
+def foreground_variance(samples: torch.Tensor, sample_dim: int = 0, channel_dim: int = 2) -> torch.Tensor:
+    """The bundles' uncertainty map: per-pixel variance over the N samples of the foreground probability.
+
+    This is the single quantity every bundle writes as ``<case>_uncertainty`` (bundles/README.md, "Outputs"):
+
+    - binary task (C == 2 softmax classes, or C == 1 sigmoid/label map): the variance over the samples of the
+      foreground probability (channel 1, resp. channel 0);
+    - multi-class task (C > 2, channel 0 = background): the sum over the foreground classes 1..C-1 of the per-class
+      probability variances (for one-hot class probabilities this is the expected squared distance of a sample from
+      the mean over the foreground classes, so it stays comparable between binary and multi-class bundles).
+
+    Population variance (divide by N, ``unbiased=False``): N = 1 gives exactly 0. Unscaled; at most 0.25 per class.
+
+    Args:
+        samples: probabilities with a sample axis and a class-channel axis, e.g. (N, B, C, *spatial).
+        sample_dim: the sample axis (removed in the result).
+        channel_dim: the class-channel axis of ``samples`` (kept, size 1, in the result).
+
+    Returns:
+        float32 tensor shaped as ``samples`` without ``sample_dim`` and with 1 channel, e.g. (B, 1, *spatial).
+    """
+    nd = samples.ndim
+    sample_dim, channel_dim = sample_dim % nd, channel_dim % nd
+    if sample_dim == channel_dim:
+        raise ValueError(f"foreground_variance: sample_dim and channel_dim are both {sample_dim}")
+    var = samples.float().var(dim=sample_dim, unbiased=False)
+    c_dim = channel_dim - 1 if channel_dim > sample_dim else channel_dim
+    channels = var.shape[c_dim]
+    foreground = var.narrow(c_dim, 1, channels - 1) if channels > 1 else var
+    return foreground.sum(dim=c_dim, keepdim=True)
 
 
 class FillTextd(MapTransform):
@@ -70,14 +103,14 @@ class ResizeToOriginald(MapTransform):
 
 
 class SplitUncertaintyd(MapTransform):
-    """Move a prediction's trailing uncertainty channel into ``uncertainty_key``, scaled by 4 to [0, 1].
+    """Move a prediction's trailing uncertainty channel into ``uncertainty_key``, unchanged (float32).
 
     The prediction is channel-first, ``(C, *spatial)``. Whether its last channel is an uncertainty map is decided
     from the configured number of classes, never guessed from the channel count alone:
 
-    - ``C == num_classes + 1``: class probabilities ``(num_classes, ...)`` followed by the uncertainty (variance of
-      a probability over the noise draws, hence <= 0.25); it is moved to ``uncertainty_key`` as ``(1, ...)``,
-      multiplied by 4 and clamped to [0, 1], and ``key`` keeps the first ``num_classes`` channels;
+    - ``C == num_classes + 1``: class probabilities ``(num_classes, ...)`` followed by the uncertainty
+      (:func:`foreground_variance`, the contract's definition); it is moved to ``uncertainty_key`` as ``(1, ...)``
+      as float32, unscaled (saved as a float32 TIFF / NIfTI), and ``key`` keeps the first ``num_classes`` channels;
     - ``C == num_classes``: no uncertainty channel (e.g. the plain ``inferer`` MONAI Label calls): passes unchanged;
     - any other ``C``: :class:`~common.errors.BadInputError` naming the case and the key.
 
@@ -113,7 +146,7 @@ class SplitUncertaintyd(MapTransform):
             pred = d[key]
             channels = int(pred.shape[0])
             if channels == self.num_classes + 1:
-                d[self.uncertainty_key] = (pred[self.num_classes :] * 4.0).clamp(0.0, 1.0)
+                d[self.uncertainty_key] = pred[self.num_classes :].float()
                 d[key] = pred[: self.num_classes]
             elif channels != self.num_classes:
                 raise BadInputError(

@@ -13,7 +13,8 @@
 4. runs the head. ``output="logits"`` (training): the logits of noise draw 0. ``output="probabilities"``
    (inference): the softmax averaged over ``num_noise_draws`` independent noise draws (K = 1 is the paper: one
    deterministic forward, argmax); with ``uncertainty_channel`` and K > 1 a third channel holds the per-pixel
-   variance over the K draws of the foreground probability.
+   variance over the K draws of the foreground probability (summed over the foreground classes when C > 2;
+   :func:`common.inference_transforms.foreground_variance`, the bundles' uncertainty definition).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from monai.inferers import Inferer
 
 from common.checks import resolve_texts
 from common.errors import BadInputError
+from common.inference_transforms import foreground_variance
 
 __all__ = ["TextGuidedFeatureInferer"]
 
@@ -125,6 +127,6 @@ class TextGuidedFeatureInferer(Inferer):
         stacked = torch.stack(probs)  # (K, B, C, S, S)
         mean = stacked.mean(0)
         if self.uncertainty_channel and self.num_noise_draws > 1:
-            var = stacked[:, :, 1:2].var(0, unbiased=False)
+            var = foreground_variance(stacked, sample_dim=0, channel_dim=2)
             mean = torch.cat([mean, var], dim=1)
         return mean

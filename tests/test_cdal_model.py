@@ -177,6 +177,41 @@ def test_inferer_tiles_2d_and_slices_3d():
     assert out3.shape == (1, 2, 20, 36, 24) and set(out3[:, 0].unique().tolist()) <= {0.0, 1.0, 2.0}
 
 
+class _FixedSamplesGenerator(torch.nn.Module):
+    """Stands in for the generator: the cDAL attributes only (sampling is monkeypatched)."""
+
+    nz, image_channels = 1, 1
+
+    def __init__(self, label_channels: int) -> None:
+        super().__init__()
+        self.label_channels = label_channels
+
+
+@pytest.mark.parametrize(
+    "samples, expected",
+    [
+        ([[0.2], [0.6]], 0.04),  # binary: Var of the foreground map over N = 2 samples
+        # one-hot 3 classes: Var = (0.04, 0, 0.04) -> foreground sum 0.04 (the old channel mean gave 0.0267)
+        ([[0.6, 0.4, 0.0], [0.2, 0.4, 0.4]], 0.04),
+    ],
+)
+@pytest.mark.parametrize("spatial", [(8, 8), (8, 8, 4)])
+def test_inferer_uncertainty_is_the_contract_foreground_variance(monkeypatch, samples, expected, spatial):
+    module_globals = CDALInferer._predictor_2d.__globals__  # scripts.inferer (bundle_scripts unloads the module name)
+    fixed = torch.tensor(samples)  # (N, Cl)
+
+    def fake_sample_label_maps(network, schedule, image, num_samples, generator=None):
+        n, cl = fixed.shape
+        assert num_samples == n
+        return fixed.view(n, 1, cl, 1, 1).expand(n, image.shape[0], cl, *image.shape[2:]).clone()
+
+    monkeypatch.setitem(module_globals, "sample_label_maps", fake_sample_label_maps)
+    g = _FixedSamplesGenerator(label_channels=len(samples[0]))
+    out = CDALInferer(num_timesteps=2, num_samples=2, seed=0, roi_size=8)(torch.zeros(1, 1, *spatial), g)
+    assert out.shape == (1, 2, *spatial)
+    assert torch.allclose(out[:, 1], torch.full((1, *spatial), expected), atol=1e-6)
+
+
 def test_inferer_bad_inputs():
     g = tiny_generator()
     inf = CDALInferer(num_timesteps=4, num_samples=1, roi_size=32)

@@ -96,6 +96,40 @@ def test_seeded_noise_is_reproducible_and_uncertainty_comes_from_samples():
     assert exact[:, 2].abs().max() < 1e-5
 
 
+class FixedSamplesNet(OracleNet):
+    """Sample j of every window decodes to the constant class probabilities ``samples[j]`` (noise is ignored)."""
+
+    def __init__(self, scheduler, samples) -> None:
+        super().__init__(scheduler)
+        self.samples = torch.tensor(samples)
+
+    def decode_probabilities(self, z0):
+        n = z0.shape[0]
+        s = len(self.samples)
+        probs = self.samples[torch.arange(n) % s]  # batch is window-major: (W, S) flattened
+        return probs.view(n, -1, *([1] * (z0.ndim - 2))).expand(n, -1, *z0.shape[2:]).clone()
+
+
+@pytest.mark.parametrize(
+    "samples, expected_mean, expected_unc",
+    [
+        # binary: p_fg = 0.2, 0.6 -> Var = 0.04 (the old sum over both classes gave 0.08)
+        ([[0.8, 0.2], [0.4, 0.6]], [0.6, 0.4], 0.04),
+        # 3 classes: Var = (0.04, 0, 0.04) -> foreground sum 0.04 (background not counted; old sum 0.08)
+        ([[0.6, 0.4, 0.0], [0.2, 0.4, 0.4]], [0.4, 0.4, 0.2], 0.04),
+    ],
+)
+def test_uncertainty_is_the_contract_foreground_variance(samples, expected_mean, expected_unc):
+    sched = _scheduler()
+    out = DDIMSlidingWindowInferer((8, 8, 8), scheduler=sched, num_inference_steps=2, num_samples=2,
+                                   return_uncertainty=True)(torch.zeros(1, 1, 8, 8, 8), FixedSamplesNet(sched, samples))
+    n = len(expected_mean)
+    assert out.shape == (1, n + 1, 8, 8, 8)
+    for c, m in enumerate(expected_mean):
+        assert torch.allclose(out[:, c], torch.full((1, 8, 8, 8), m), atol=1e-6)
+    assert torch.allclose(out[:, n], torch.full((1, 8, 8, 8), expected_unc), atol=1e-6)
+
+
 def test_condition_kwargs_are_split_per_image_and_ddpm_works():
     sched = _scheduler()
     net = OracleNet(sched)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 
@@ -120,8 +121,10 @@ def test_inference_and_evaluation_end_to_end(trained, demo_data):
         seg = np.asarray(Image.open(out / f"{case['case_id']}_seg.png"))
         label = np.asarray(Image.open(demo_data.parent / case["label"]))
         assert seg.shape == label.shape and set(np.unique(seg)) <= {0, 1}
-        unc = np.asarray(Image.open(out / f"{case['case_id']}_uncertainty.png"))  # K = 2 draws in the demo
-        assert unc.shape == label.shape and unc.dtype == np.uint16
+        unc = tifffile.imread(out / f"{case['case_id']}_uncertainty.tif")  # K = 2 draws in the demo
+        assert unc.shape == label.shape and unc.dtype == np.float32  # unscaled variance of p(fg): in [0, 0.25]
+        assert np.isfinite(unc).all() and unc.min() >= 0.0 and unc.max() <= 0.25
+        assert not (out / f"{case['case_id']}_uncertainty.png").exists()
     summary = json.loads((out / "metrics_summary.json").read_text())
     dice = summary["per_class"]["nucleus"]["dice"]["mean"]
     fg = [np.asarray(Image.open(demo_data.parent / c["label"])).mean() for c in cases]

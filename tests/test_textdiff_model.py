@@ -206,7 +206,8 @@ def test_split_uncertainty_is_decided_by_num_classes_not_guessed():
     with_unc = torch.cat([torch.rand(3, 6, 6), torch.full((1, 6, 6), 0.3)])
     split = SplitUncertaintyd(num_classes=3)({"pred": with_unc, "case_id": "c1"})
     assert torch.equal(split["pred"], with_unc[:3]) and split["uncertainty"].shape == (1, 6, 6)
-    assert torch.equal(split["uncertainty"], torch.ones(1, 6, 6))  # 0.3 * 4 clamped to 1
+    assert torch.equal(split["uncertainty"], torch.full((1, 6, 6), 0.3))  # unscaled (bundles/README.md "Outputs")
+    assert split["uncertainty"].dtype == torch.float32
     with pytest.raises(BadInputError, match=r"^case c1: 'pred' has 5 channels; expected 3 class channels, or 4 "):
         SplitUncertaintyd(num_classes=3)({"pred": torch.rand(5, 6, 6), "case_id": "c1"})
     named_by_file = MetaTensor(torch.rand(1, 6, 6), meta={"filename_or_obj": "img_07.png"})
@@ -219,6 +220,52 @@ def test_split_uncertainty_is_decided_by_num_classes_not_guessed():
     p.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / "textdiff" / "configs" / "inference.json"))
     split_t = p.get_parsed_content("postprocessing").transforms[0]
     assert isinstance(split_t, SplitUncertaintyd) and split_t.num_classes == p["network_def"]["num_classes"] == 2
+    saver = p["postprocessing"]["transforms"][-1]  # the uncertainty writer: float32 TIFF, unscaled
+    assert saver["keys"] == "uncertainty" and saver["output_ext"] == ".tif" and saver["scale"] is None
+    assert saver["output_dtype"] == "$numpy.float32"
+
+
+def test_foreground_variance_is_the_contract_definition():
+    """Hand-computed: binary -> Var of p(foreground); multi-class -> sum over classes >= 1 of Var (not background)."""
+    from common.inference_transforms import foreground_variance
+
+    # 2 samples of a 2-class softmax at one pixel: p_fg = 0.2, 0.6 -> mean 0.4, variance (0.2^2 + 0.2^2) / 2 = 0.04
+    binary = torch.tensor([[0.8, 0.2], [0.4, 0.6]]).view(2, 1, 2, 1, 1)  # (N, B, C, H, W)
+    assert foreground_variance(binary).shape == (1, 1, 1, 1)
+    assert torch.allclose(foreground_variance(binary), torch.full((1, 1, 1, 1), 0.04))
+    # 3 classes: Var(bg) = 0.04, Var(c1) = 0, Var(c2) = 0.04 -> 0.04 (the old all-class sum gave 0.08, the mean 0.0267)
+    multi = torch.tensor([[0.6, 0.4, 0.0], [0.2, 0.4, 0.4]]).view(2, 1, 3, 1, 1)
+    assert foreground_variance(multi).shape == (1, 1, 1, 1)
+    assert torch.allclose(foreground_variance(multi), torch.full((1, 1, 1, 1), 0.04))
+    # sample axis after the channel axis, single-channel (sigmoid) maps, N = 1 -> exactly 0
+    sig = torch.tensor([0.2, 0.6]).view(1, 1, 2)  # (B, C=1, N)
+    assert torch.allclose(foreground_variance(sig, sample_dim=-1, channel_dim=1), torch.tensor([[0.04]]))
+    assert foreground_variance(sig, sample_dim=-1, channel_dim=1).shape == (1, 1)
+    assert torch.count_nonzero(foreground_variance(binary[:1])) == 0
+    assert foreground_variance(binary).dtype == torch.float32
+    with pytest.raises(ValueError, match="sample_dim and channel_dim"):
+        foreground_variance(binary, sample_dim=1, channel_dim=1)
+
+
+def test_text_guided_inferer_uncertainty_is_hand_computed_variance():
+    """K = 2 draws whose softmax foreground is 0.2 and 0.6 at every pixel -> uncertainty channel 0.04 (unscaled)."""
+    from common.text_guided_inferer import TextGuidedFeatureInferer as Inferer
+
+    class Draws(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.draw = 0
+
+        def forward(self, features, context, size):
+            p = (0.2, 0.6)[self.draw % 2]
+            self.draw += 1
+            logit = torch.log(torch.tensor(p / (1 - p)))
+            return torch.stack([torch.zeros(1, *size), torch.full((1, *size), float(logit))], dim=1)
+
+    inf = Inferer(lambda image, noise_index=0: [image], None, num_noise_draws=2, use_text=False)
+    out = inf.with_uncertainty_channel()(torch.zeros(1, 3, 4, 4), Draws())
+    assert out.shape == (1, 3, 4, 4)
+    assert torch.allclose(out[:, 1], torch.full((1, 4, 4), 0.4)) and torch.allclose(out[:, 2], torch.full((1, 4, 4), 0.04))
 
 
 def test_inference_transforms():
@@ -232,7 +279,7 @@ def test_inference_transforms():
         FillTextd()({"case_id": "a", "text": "  "})
     pred = torch.rand(3, 8, 8) * 0.25
     d = SplitUncertaintyd(num_classes=2)({"pred": pred})
-    assert d["pred"].shape == (2, 8, 8) and torch.allclose(d["uncertainty"], pred[2:3] * 4)
+    assert d["pred"].shape == (2, 8, 8) and torch.equal(d["uncertainty"], pred[2:3])
     assert "uncertainty" not in SplitUncertaintyd(num_classes=2)({"pred": torch.rand(2, 8, 8)})
     image = MetaTensor(torch.zeros(3, 8, 8), meta={"spatial_shape": (20, 12), "filename_or_obj": "x.png"})
     out = ResizeToOriginald(["pred", "uncertainty"])({"image": image, "pred": torch.rand(2, 8, 8)})

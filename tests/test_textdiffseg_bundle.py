@@ -183,7 +183,10 @@ def test_inference_writes_nifti_with_input_geometry_and_uncertainty(trained, dat
         assert np.allclose(seg.affine, img.affine, atol=1e-4) and np.allclose(unc.affine, img.affine, atol=1e-4)
         values = set(np.unique(np.asarray(seg.dataobj)).tolist())
         assert values <= {0, 1, 2}
-        assert float(np.asarray(unc.dataobj).min()) >= 0.0
+        u = np.asarray(unc.dataobj)
+        # float32, unscaled: sum over the foreground classes of the probability variances (bundles/README.md)
+        assert u.dtype == np.float32 and np.isfinite(u).all()
+        assert float(u.min()) >= 0.0 and float(u.max()) <= 0.25 * (p.get_parsed_content("output_classes") - 1) + 1e-6
 
 
 def _bad_input(fn, *args) -> str:

@@ -17,7 +17,9 @@ mapped to [0, 1] by ``(x + 1) / 2`` and clamped. Binary (1 label channel): mask 
 (one-hot channels incl. background): argmax of the (rounded) channel means.
 
 Output ``[B, 2, *spatial]``: channel 0 the label map (class ids), channel 1 the uncertainty = per-pixel variance over
-the N samples of the [0, 1] maps (averaged over label channels); ``return_uncertainty=False`` gives ``[B, 1, ...]``.
+the N samples of the [0, 1] foreground map (one-hot label maps: summed over the foreground channels 1..Cl-1; the
+bundles' one definition, bundles/README.md "Outputs", :func:`common.inference_transforms.foreground_variance`);
+``return_uncertainty=False`` gives ``[B, 1, ...]``.
 All randomness comes from one ``torch.Generator`` seeded with ``seed`` at every call, so the same image and seed
 give exactly the same mask (``seed=None``: the global RNG).
 """
@@ -34,6 +36,7 @@ from monai.utils import convert_to_dst_type
 from torch import nn
 
 from common.errors import BadInputError
+from common.inference_transforms import foreground_variance
 from scripts.networks import unwrap
 from scripts.schedule import CDALSchedule
 
@@ -142,7 +145,7 @@ class CDALInferer:
     def _predictor_2d(self, network: nn.Module, gen: torch.Generator | None):
         def predict(tile: torch.Tensor) -> torch.Tensor:
             s = sample_label_maps(network, self.schedule, tile.as_subclass(torch.Tensor), self.num_samples, gen)
-            return torch.cat([s.mean(0), s.var(0, unbiased=False)], dim=1)  # [b, 2*Cl, h, w]
+            return torch.cat([s.mean(0), s.var(0, unbiased=False)], dim=1)  # [b, 2*Cl, h, w], per-channel variances
 
         return predict
 
@@ -155,7 +158,7 @@ class CDALInferer:
             mean = s.mean(0)
             if mean.shape[1] > 1:
                 mean = mean.round()  # per-channel round before window averaging (official metrics_hippo.py)
-            var = s.var(0, unbiased=False).mean(1, keepdim=True)
+            var = foreground_variance(s, sample_dim=0, channel_dim=2)  # [b*d, 1, h, w], bundles/README.md "Outputs"
             out = torch.cat([mean, var], dim=1)  # [b*d, Cl+1, h, w]
             return out.reshape(b, d, out.shape[1], h, wd).permute(0, 2, 3, 4, 1)
 
@@ -179,7 +182,8 @@ class CDALInferer:
             maps = sw(x, self._predictor_2d(network, gen))
             if tuple(maps.shape[2:]) != size:
                 maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-            mean, var = maps[:, :cl], maps[:, cl:].mean(1, keepdim=True)
+            mean, var = maps[:, :cl], maps[:, cl:]
+            var = var[:, 1:].sum(1, keepdim=True) if cl > 1 else var  # foreground classes (foreground_variance)
         else:
             roi = (self.roi_size,) * 3 if isinstance(self.roi_size, int) else tuple(self.roi_size)
             maps = sliding_window_inference(

@@ -182,7 +182,8 @@ class TextGuidedInferer:
     foreground probabilities p_k are painted in prompt order, ``P <- P * (1 - p_k) + p_k * onehot(k + 1)``
     starting from all background, so later prompts (e.g. a tumour inside its organ) win where they fire; output
     (B, K + 1, ...), summing to 1. An uncertainty channel of the inner inferer (``return_uncertainty``) is kept
-    last (summed over prompts).
+    last; in class-prompt mode it is the sum over the prompts of each binary pass's foreground-probability variance,
+    i.e. the contract's "sum over foreground classes of the per-class variances" (bundles/README.md, "Outputs").
 
     Args:
         inferer: a :class:`common.ddim_sliding_window.DDIMSlidingWindowInferer`.
