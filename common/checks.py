@@ -49,6 +49,7 @@ __all__ = [
     "check_label",
     "check_text",
     "resolve_texts",
+    "check_loader_has_batches",
     "token_counter",
     "load_checkpoint",
     "describe_state_dict_mismatch",
@@ -448,6 +449,27 @@ def token_counter(tokenizer: Any, add_special_tokens: bool = True) -> Callable[[
         return len(tokenizer(text, add_special_tokens=add_special_tokens, truncation=False)["input_ids"])
 
     return count
+
+
+def check_loader_has_batches(loader: Any, source: str = "train#dataloader") -> int:
+    """Return ``len(loader)``; raise if the training loader would yield no batch at all.
+
+    With ``drop_last=True`` a dataset smaller than one batch (or, under ``torchrun``, a per-rank share smaller than
+    one batch) gives an empty epoch: ignite only warns and the run "finishes" without training.
+
+    Raises:
+        BadInputError: naming ``source``, the number of cases, the batch size and the fix.
+    """
+    n = len(loader)
+    if n == 0:
+        cases = len(getattr(loader, "sampler", None) or getattr(loader, "dataset", []) or [])
+        raise BadInputError(
+            source,
+            f"the data loader yields no batch: {cases} case(s) for this process with batch_size "
+            f"{getattr(loader, 'batch_size', '?')} and drop_last={getattr(loader, 'drop_last', '?')} (under torchrun "
+            "each rank gets 1/world_size of the cases); use more cases or a smaller batch_size",
+        )
+    return n
 
 
 def resolve_texts(

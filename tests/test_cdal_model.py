@@ -363,3 +363,13 @@ def test_convert_official_generator_checkpoint(tmp_path):
     del official["module.all_modules.5.0.in_layers.0.weight"]
     with pytest.raises(BadInputError, match=r"1 official key\(s\) missing"):
         convert_official_generator_state_dict(net, official, source="netG.pth")
+
+
+def test_a_training_set_smaller_than_one_batch_is_an_error_not_an_empty_run():
+    g = tiny_generator()
+    d = CDALDiscriminator(label_channels=1, ngf=4, t_emb_dim=16, variant="small")
+    from monai.data import DataLoader
+
+    small = DataLoader(toy_loader(n=2).dataset, batch_size=4, drop_last=True)  # as train.json (drop_last: true)
+    with pytest.raises(BadInputError, match="the data loader yields no batch: 2 case"):
+        make_trainer(g, d, small, epochs=1)

@@ -389,3 +389,14 @@ def test_check_is_cheap_on_a_big_volume():
     check_image_array(vol, "big", spatial_dims=3, channels=1)
     check_label(lab, "big_seg", label_values=[0, 1], require_foreground=True)
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_empty_training_loader_is_named_not_silently_skipped():
+    from torch.utils.data import DataLoader
+
+    from common.checks import check_loader_has_batches
+
+    loader = DataLoader(list(range(3)), batch_size=4, drop_last=True)
+    with pytest.raises(BadInputError, match=r"train#dataloader: the data loader yields no batch: 3 case\(s\).*batch_size 4"):
+        check_loader_has_batches(loader)
+    assert check_loader_has_batches(DataLoader(list(range(8)), batch_size=4, drop_last=True)) == 2

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from monai.engines import Trainer
 from torch import nn
 
+from common.checks import check_loader_has_batches
 from common.errors import BadInputError
 from scripts.networks import discriminator_attention_map, unwrap
 from scripts.schedule import CDALSchedule
@@ -145,6 +146,8 @@ class CDALTrainer(Trainer):
     ) -> None:
         if amp:
             raise ValueError("CDALTrainer: amp is not supported (the R1 double backward runs in float32)")
+        if epoch_length is None:
+            check_loader_has_batches(train_data_loader)
         super().__init__(
             device=torch.device(device),
             max_epochs=max_epochs,
