@@ -49,3 +49,33 @@ def test_uncertainty_writer_is_unscaled_float32(bundle, ext):
     assert "float32" in saver["output_dtype"]
     if ext.startswith("@"):
         assert p.get_parsed_content(ext[1:]) == ".tif"
+
+
+@pytest.mark.parametrize("bundle, attr", [("textdiff", "default_text"), ("textdiffseg", "prompt")])
+def test_monailabel_text_option_reaches_the_inferer(bundle, attr):
+    """MONAI Label's ``BundleInferTask`` shows ``displayable_configs`` as options and, per request, updates that
+    dict with the user's values and re-parses (monailabel tasks/infer/bundle.py ``pre_transforms``) before it
+    instantiates ``inferer``, which it calls as ``inferer(image, network)`` without text. The typed ``text`` must
+    therefore become the inferer's own text; by default it is the config's value."""
+    import sys
+
+    from helpers.bundle_scripts import bundle_scripts
+
+    scope = bundle_scripts(bundle) if (BUNDLES / bundle / "scripts").is_dir() else None
+    if scope is not None:
+        scope.__enter__()
+    try:
+        p = _parser(bundle, "inference.json", "demo.json")
+        p["bundle_root"] = str(BUNDLES / bundle)
+        shown = p.get_parsed_content("displayable_configs")
+        assert set(shown) == {"text"}
+        default = p.get_parsed_content("default_text" if bundle == "textdiff" else "prompt")
+        assert shown["text"] == default
+        assert getattr(p.get_parsed_content("inferer"), attr) == (default or None)
+        typed = "The nuclei are dense." if bundle == "textdiff" else p.get_parsed_content("class_prompts")[1]["text"]
+        p["displayable_configs"].update({"text": typed})
+        p.parse()
+        assert getattr(p.get_parsed_content("inferer"), attr) == typed
+    finally:
+        if scope is not None:
+            scope.__exit__(*sys.exc_info())

@@ -65,22 +65,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def demo_datalists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny synthetic MoNuSeg / MSD / BUSI datasets converted by the real converters; ``{name: datalist.json}``."""
-    from common.data.converters import get_converter
-    from common.data.synthetic import make_monuseg_like, make_msd_like
-    from common.data.synthetic_busi import make_busi_like
-
-    data = tmp_path_factory.mktemp("multi_gpu_data")
-    raw = data / "raw"
-    make_monuseg_like(raw / "monuseg", n_train=4, n_test=2, size=64, seed=0)
-    make_msd_like(raw / "msd", n_train=4, n_test=1, shape_range=(32, 34), seed=0)
-    make_busi_like(raw / "busi", n_benign=1, n_malignant=6, n_normal=1, size=(64, 64), seed=0)
-    names = ("monuseg", "msd", "busi")
-    return {name: Path(get_converter(name).convert(raw / name, data / name, seed=0)) for name in names}
-
-
 def torchrun_command(case: BundleCase, datalist: Path, out: Path, **extra: str) -> list[str]:
     """The zoo's 2-process launch of ``train.json + multi_gpu_train.json + demo.json`` with test overrides.
 

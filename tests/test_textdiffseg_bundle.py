@@ -167,6 +167,40 @@ def test_prompt_selects_the_structure(trained, data):
     assert sum(kid_fg) > 100 and sum(kid_fg) > 2 * sum(tum_fg), (kid_fg, tum_fg)
 
 
+def test_typed_prompt_segments_only_its_structure(trained, data):
+    """MONAI Label's ``text`` option (``displayable_configs#text`` -> the inferer's ``prompt``): in class-prompt mode
+    a typed class prompt fills only its own channel; it equals that prompt's pass of the full inferer's output
+    where no later prompt overrides it; a prompt the model did not learn is a named error."""
+    from scripts.text import TextGuidedInferer
+
+    p = _parser(["inference.json", "demo.json"], data)
+    prompts = p.get_parsed_content("class_prompts")
+    pre = p.get_parsed_content("preprocessing")
+    case = json.loads(Path(data["datalist"]).read_text())["test"][0]
+    image = pre({"image": str(Path(data["datalist"]).parent / case["image"]), "case_id": case["case_id"]})["image"]
+    net = trained["network"].eval()
+    p["displayable_configs"].update({"text": "  " + prompts[0]["text"].upper() + " "})  # what MONAI Label does
+    p.parse()
+    typed = p.get_parsed_content("inferer")
+    assert isinstance(typed, TextGuidedInferer) and typed.prompt == prompts[0]["text"].upper()
+    full = p.get_parsed_content("sampler")
+    full_inferer = TextGuidedInferer(full, p.get_parsed_content("conditioner"), prompts)
+    with torch.no_grad():
+        out = typed(image[None], net)
+        ref = full_inferer(image[None], net)
+    assert out.shape == ref.shape == (1, len(prompts) + 1, *image.shape[1:])
+    assert torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), atol=1e-5)
+    assert float(out[:, 2].abs().max()) == 0.0 and float(out[:, 1].max()) > 0.5
+    # the full output paints prompt 0 first and prompt 1 over it: p0_full = p0 * (1 - p1)
+    assert torch.allclose(ref[:, 1], out[:, 1] * (1 - ref[:, 2]), atol=1e-5)
+    p["displayable_configs"].update({"text": "A computerized tomography of a spleen."})
+    p.parse()
+    with pytest.raises(RuntimeError) as err:  # MONAI's instantiate wraps the cause
+        p.get_parsed_content("inferer")
+    assert isinstance(err.value.__cause__, BadInputError)
+    assert "spleen" in str(err.value.__cause__) and "not one of this model's class prompts" in str(err.value.__cause__)
+
+
 def test_inference_writes_nifti_with_input_geometry_and_uncertainty(trained, data):
     out = Path(data["output_dir"]) / "infer"
     p = _parser(["inference.json", "demo.json"], data, output_dir=str(out))

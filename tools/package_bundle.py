@@ -10,12 +10,17 @@ The bundle's configs and ``scripts/`` are scanned for the ``common`` modules the
 the copy. ``configs/metadata.json`` gets the versions of the installed third-party packages the code imports
 (``required_packages_version``, ``monai_version``, ``pytorch_version``, ``numpy_version``) and a
 ``packaged_common`` record (modules copied, ``common`` version, git commit).
+
+Weights over ``--large-file-mb`` (25 MB, the model zoo's limit) stay in the folder but are left out of the zip and
+listed in the package's ``large_files.yml`` with their SHA-256 (``url`` = ``--large-files-url`` + file name, or
+empty until you upload them), so ``python -m monai.bundle download_large_files`` fetches and checks them.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import re
 import shutil
@@ -39,6 +44,8 @@ DISTRIBUTIONS = {
 ALWAYS = ("monai", "torch", "numpy", "einops", "fire", "pytorch-ignite", "nibabel")
 EXCLUDE_DIRS = {"eval", "logs", "runs", "__pycache__", ".pytest_cache"}
 COMMON_REF = re.compile(r"\bcommon(?:\.\w+)+")
+#: the model zoo keeps files above this size out of the bundle zip (large_files.yml instead)
+LARGE_FILE_MB = 25.0
 
 
 def _module_file(dotted: str) -> Path | None:
@@ -145,8 +152,50 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def package_bundle(bundle: str | Path, out: str | Path) -> tuple[Path, Path]:
-    """Write the self-contained copy of ``bundle`` under ``out``; return (folder, zip path)."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def record_large_files(dest: Path, limit_mb: float, url_base: str | None) -> list[str]:
+    """List the files under ``dest/models`` larger than ``limit_mb`` in ``dest/large_files.yml``; return their
+    bundle-relative paths (to be left out of the zip). Entries already listed for the same path are updated."""
+    import yaml
+
+    large = sorted(
+        p for p in (dest / "models").rglob("*") if p.is_file() and p.stat().st_size > limit_mb * 1024 * 1024
+    ) if (dest / "models").is_dir() else []
+    if not large:
+        return []
+    yml = dest / "large_files.yml"
+    text = yml.read_text(encoding="utf-8") if yml.is_file() else ""
+    entries = (yaml.safe_load(text) or {}).get("large_files") or []
+    rel = [p.relative_to(dest).as_posix() for p in large]
+    entries = [e for e in entries if e.get("path") not in rel]
+    for path, r in zip(large, rel):
+        url = f"{url_base.rstrip('/')}/{path.name}" if url_base else ""
+        entries.append({"path": r, "url": url, "hash_val": _sha256(path), "hash_type": "sha256"})
+    header = [ln for ln in text.splitlines() if ln.startswith("#")]
+    header.append(f"# Added by tools/package_bundle.py: files over {limit_mb:g} MB are not in the zip"
+                  + ("." if url_base else "; upload them and fill in `url`."))
+    yml.write_text("\n".join(header) + "\n" + yaml.safe_dump({"large_files": entries}, sort_keys=False),
+                   encoding="utf-8")
+    return rel
+
+
+def package_bundle(
+    bundle: str | Path,
+    out: str | Path,
+    large_file_mb: float = LARGE_FILE_MB,
+    large_files_url: str | None = None,
+) -> tuple[Path, Path]:
+    """Write the self-contained copy of ``bundle`` under ``out``; return (folder, zip path).
+
+    Files under ``models/`` above ``large_file_mb`` are kept in the folder, left out of the zip and recorded in
+    ``large_files.yml`` (SHA-256; ``url`` from ``large_files_url``, a base URL, or empty)."""
     from common import __version__ as common_version
     from common.errors import BadInputError
 
@@ -184,11 +233,12 @@ def package_bundle(bundle: str | Path, out: str | Path) -> tuple[Path, Path]:
     }
     (dest / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n", encoding="utf-8")
 
+    left_out = set(record_large_files(dest, large_file_mb, large_files_url))
     zip_path = out / f"{name}_v{meta['version']}.zip"
     tmp = zip_path.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for p in sorted(dest.rglob("*")):
-            if p.is_file():
+            if p.is_file() and p.relative_to(dest).as_posix() not in left_out:
                 zf.write(p, Path(name) / p.relative_to(dest))
     tmp.replace(zip_path)
     return dest, zip_path
@@ -202,9 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--large-file-mb", type=float, default=LARGE_FILE_MB,
+                    help="weights above this size go to large_files.yml instead of the zip (default %(default)s)")
+    ap.add_argument("--large-files-url", default=None,
+                    help="base URL where the large files will be hosted (written into large_files.yml)")
     args = ap.parse_args(argv)
     try:
-        dest, zip_path = package_bundle(args.bundle, args.out)
+        dest, zip_path = package_bundle(args.bundle, args.out, args.large_file_mb, args.large_files_url)
     except BadInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -185,17 +185,35 @@ class TextGuidedInferer:
     last; in class-prompt mode it is the sum over the prompts of each binary pass's foreground-probability variance,
     i.e. the contract's "sum over foreground classes of the per-class variances" (bundles/README.md, "Outputs").
 
+    A typed ``prompt`` (the config's ``prompt``, MONAI Label's ``text`` option through ``displayable_configs``)
+    applies to every image of a call that gets no ``text``: in dataset-prompt mode it replaces the dataset prompts;
+    in class-prompt mode it must be one of the class prompts (case and surrounding spaces ignored; anything else is
+    a :class:`BadInputError` listing them, since the binary network only learnt those) and only that structure is
+    segmented, in its own channel ``k + 1`` of the same (B, K + 1, ...) output, the other classes staying 0.
+
     Args:
         inferer: a :class:`common.ddim_sliding_window.DDIMSlidingWindowInferer`.
         conditioner: the :class:`TextConditioner`.
         class_prompts: class-prompt mode when non-empty (see the module docstring).
+        prompt: the typed prompt, or ``None``/empty (the dataset or class prompts as configured).
     """
 
     def __init__(self, inferer: Any, conditioner: TextConditioner,
-                 class_prompts: Sequence[Mapping[str, Any]] | None = None) -> None:
+                 class_prompts: Sequence[Mapping[str, Any]] | None = None, prompt: str | None = None) -> None:
         self.inferer = inferer
         self.conditioner = conditioner
         self.class_prompts = check_class_prompts(class_prompts)
+        if prompt is not None and not isinstance(prompt, str):
+            raise BadInputError("prompt", f"must be a string or null, got {type(prompt).__name__}")
+        self.prompt = prompt.strip() if prompt and prompt.strip() else None
+        self._selected = range(len(self.class_prompts))
+        if self.prompt is not None and self.class_prompts:
+            wanted = " ".join(self.prompt.lower().split())
+            match = [k for k, c in enumerate(self.class_prompts) if " ".join(c["text"].lower().split()) == wanted]
+            if not match:
+                allowed = "; ".join(repr(c["text"]) for c in self.class_prompts)
+                raise BadInputError("prompt", f"{self.prompt!r} is not one of this model's class prompts: {allowed}")
+            self._selected = match
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, text: Sequence[Any] | str | None = None,
                  case_ids: Sequence[Any] | None = None, return_uncertainty: bool | None = None) -> torch.Tensor:
@@ -209,11 +227,16 @@ class TextGuidedInferer:
             text = [text] * batch
         kw = {} if return_uncertainty is None else {"return_uncertainty": return_uncertainty}
         if not self.class_prompts:
-            ctx, mask = self.conditioner(text, batch, inputs.device, case_ids)
+            if text is None and self.prompt is not None:
+                ctx, mask = self.conditioner.encode_sentences([[self.prompt]] * batch)
+                ctx, mask = ctx.to(inputs.device), mask.to(inputs.device)
+            else:
+                ctx, mask = self.conditioner(text, batch, inputs.device, case_ids)
             return self.inferer(inputs, network, context=ctx, context_mask=mask, **kw)
         probs = None
         unc = None
-        for k, prompt in enumerate(self.class_prompts):
+        for k in self._selected:
+            prompt = self.class_prompts[k]
             ctx, mask = self.conditioner.encode_sentences([[prompt["text"]]])
             out = self.inferer(inputs, network, context=ctx.to(inputs.device), context_mask=mask.to(inputs.device), **kw)
             if out.shape[1] == 3:  # binary probabilities + uncertainty
