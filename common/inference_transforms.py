@@ -1,4 +1,5 @@
-"""Dictionary transforms for text-guided inference configs: default text, resize back to the input, uncertainty split.
+"""Dictionary transforms for inference configs: default text, resize back to the input, uncertainty split, and a
+``Spacingd`` that tolerates MONAI Label's extra keys.
 
 Used by the TextDiff bundle; generic for any bundle that runs at a fixed size, needs a report text per case, or
 returns an extra uncertainty channel. :func:`foreground_variance` is the one definition of the ``<case>_uncertainty``
@@ -14,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
+from monai.transforms import Spacingd as _MonaiSpacingd
 
 from common.checks import resolve_texts
 from common.errors import BadInputError
 
-__all__ = ["FillTextd", "ResizeToOriginald", "SplitUncertaintyd", "foreground_variance"]
+__all__ = ["FillTextd", "PathSafeSpacingd", "ResizeToOriginald", "SplitUncertaintyd", "foreground_variance"]
 
 
 def foreground_variance(samples: torch.Tensor, sample_dim: int = 0, channel_dim: int = 2) -> torch.Tensor:
@@ -156,3 +158,23 @@ class SplitUncertaintyd(MapTransform):
                     "check that num_classes matches the network output",
                 )
         return d
+
+
+class PathSafeSpacingd(_MonaiSpacingd):
+    """``monai.transforms.Spacingd`` that leaves non-dict ``<key>_*`` entries of the data alone.
+
+    MONAI 1.6's ``Spacingd`` updates every entry whose name starts with ``"<key>_"`` as a metadata dict when the image
+    comes from a NIfTI file. MONAI Label puts the image's path under ``image_path`` (a ``str``) into the data it
+    sends through a bundle's ``preprocessing`` (``BasicInferTask.__call__``), so the plain transform fails there with
+    ``AttributeError: 'str' object has no attribute 'update'``. This subclass takes such non-mapping entries out
+    for the call and puts them back unchanged; everything else (arguments, output, ``inverse``) is ``Spacingd``'s.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        d = dict(data)
+        prefixes = tuple(f"{k}_" for k in self.keys)
+        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes)
+                 and not isinstance(d[k], Mapping)}
+        out = super().__call__(d, lazy=lazy)
+        out.update(aside)
+        return out

@@ -90,10 +90,15 @@ def test_packaged_bundle_runs_without_this_repository(tmp_path):
 
     dest, zip_path = package_bundle(FIXTURE, tmp_path / "pkg")
     meta = json.loads((dest / "configs" / "metadata.json").read_text())
-    carried = meta["packaged_common"]["modules"]
+    used = meta["packaged_common"]["modules_used"]
     assert {"common", "common.checks", "common.data.datalist", "common.training.resume", "common.evaluation.report",
-            "common.atomic", "common.errors"} <= set(carried)
-    assert "common.text_encoder" not in carried  # only what the bundle imports
+            "common.atomic", "common.errors"} <= set(used)
+    assert "common.text_encoder" not in used  # the scan follows imports
+    # ...but the whole package travels: one MONAI Label process serves several bundles with the first `common`
+    carried = meta["packaged_common"]["modules"]
+    assert set(used) < set(carried) and "common.text_encoder" in carried
+    assert all((dest / Path(*m.split("."))).with_suffix(".py").is_file() or (dest / Path(*m.split(".")) / "__init__.py").is_file()
+               for m in carried)
     assert meta["monai_version"].startswith("1.6") and meta["pytorch_version"].startswith("2.")
     assert {"pytorch-ignite", "nibabel", "pillow"} <= set(meta["required_packages_version"])
     with zipfile.ZipFile(zip_path) as zf:
@@ -148,3 +153,28 @@ def test_demo_without_bundles_still_writes_data_and_an_empty_table(tmp_path):
     assert (tmp_path / "out" / "data" / "monuseg" / "datalist.json").is_file()
     assert (tmp_path / "out" / "data" / "msd" / "datalist.json").is_file()
     assert "no bundle with configs/demo.json yet" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_weights_over_the_size_limit_go_to_large_files_yml(bundle_copy, tmp_path):
+    """A weight file above the limit stays in the folder, is left out of the zip and is listed in large_files.yml
+    with its SHA-256 and the given URL; smaller files stay in the zip."""
+    import hashlib
+
+    import yaml
+
+    models = bundle_copy / "models"
+    models.mkdir(exist_ok=True)
+    (models / "big.pt").write_bytes(b"x" * 300_000)
+    (models / "small.pt").write_bytes(b"y" * 1_000)
+    dest, zip_path = package_bundle(bundle_copy, tmp_path / "pkg", large_file_mb=0.1,
+                                    large_files_url="https://example.org/weights/")
+    with zipfile.ZipFile(zip_path) as zf:
+        names = set(zf.namelist())
+    assert "tiny_seg_bundle/models/small.pt" in names and "tiny_seg_bundle/models/big.pt" not in names
+    assert (dest / "models" / "big.pt").is_file()
+    listed = yaml.safe_load((dest / "large_files.yml").read_text())["large_files"]
+    entry = next(e for e in listed if e["path"] == "models/big.pt")
+    assert entry["url"] == "https://example.org/weights/big.pt" and entry["hash_type"] == "sha256"
+    assert entry["hash_val"] == hashlib.sha256(b"x" * 300_000).hexdigest()
+    assert not any(e["path"] == "models/small.pt" for e in listed)
+    assert "tiny_seg_bundle/large_files.yml" in names

@@ -116,7 +116,7 @@ def test_latent_z_changes_the_prediction():
     assert torch.equal(a, c) and (a - b).abs().max() > 1e-3
     inf = CDALInferer(num_timesteps=4, num_samples=4, seed=0, roi_size=32)
     out = inf(img, g)
-    assert out.shape == (1, 2, 32, 32) and out[:, 1].max() > 0  # samples differ -> non-zero variance
+    assert out.shape == (1, 3, 32, 32) and out[:, 2].max() > 0  # samples differ -> non-zero variance
 
 
 def test_generator_rejects_wrong_inputs_with_clear_messages():
@@ -159,22 +159,28 @@ def test_trained_sampler_is_seed_reproducible_and_segments_the_toy_disc(trained)
     a, b = inf(img, g), inf(img, g)
     assert torch.equal(a, b)  # same seed -> exactly the same mask and uncertainty
     c = CDALInferer(num_timesteps=4, num_samples=5, seed=7, roi_size=32)(img, g)
-    assert not torch.equal(a[:, 1], c[:, 1])
-    mask = a[:, :1]
+    assert not torch.equal(a[:, 2], c[:, 2])
+    scores = a[:, :2]  # (1 - m, m): class scores that sum to 1
+    assert torch.allclose(scores.sum(1), torch.ones_like(scores[:, 0])) and scores.min() >= 0
+    mask = scores.argmax(1, keepdim=True).float()
+    assert torch.equal(mask, (scores[:, 1:2] > 0.5).float())  # argmax = the paper's 0.5 threshold on the mean
     dice = 2 * (mask * lab).sum() / (mask.sum() + lab.sum())
-    assert set(mask.unique().tolist()) <= {0.0, 1.0} and dice > 0.5
-    unc = a[:, 1]
+    assert dice > 0.5
+    unc = a[:, 2]
     assert unc.min() >= 0 and unc.max() <= 0.25  # variance of [0, 1] samples
 
 
 def test_inferer_tiles_2d_and_slices_3d():
     g = tiny_generator(image_channels=1)
     out = CDALInferer(num_timesteps=2, num_samples=2, seed=0, roi_size=32, resize_to=64)(torch.randn(1, 1, 50, 70), g)
-    assert out.shape == (1, 2, 50, 70)
+    assert out.shape == (1, 3, 50, 70)
     g3 = tiny_generator(image_channels=1, label_channels=3)
     vol = torch.randn(1, 1, 20, 36, 24)
-    out3 = CDALInferer(num_timesteps=2, num_samples=2, seed=0, roi_size=(32, 32, 32), overlap=0.5)(vol, g3)
-    assert out3.shape == (1, 2, 20, 36, 24) and set(out3[:, 0].unique().tolist()) <= {0.0, 1.0, 2.0}
+    inf3 = CDALInferer(num_timesteps=2, num_samples=2, seed=0, roi_size=(32, 32, 32), overlap=0.5)
+    out3 = inf3(vol, g3)
+    assert out3.shape == (1, 4, 20, 36, 24)  # 3 one-hot class scores + uncertainty
+    plain = inf3.with_uncertainty(False)(vol, g3)
+    assert plain.shape == (1, 3, 20, 36, 24) and torch.equal(plain, out3[:, :3]) and inf3.return_uncertainty
 
 
 class _FixedSamplesGenerator(torch.nn.Module):
@@ -208,8 +214,9 @@ def test_inferer_uncertainty_is_the_contract_foreground_variance(monkeypatch, sa
     monkeypatch.setitem(module_globals, "sample_label_maps", fake_sample_label_maps)
     g = _FixedSamplesGenerator(label_channels=len(samples[0]))
     out = CDALInferer(num_timesteps=2, num_samples=2, seed=0, roi_size=8)(torch.zeros(1, 1, *spatial), g)
-    assert out.shape == (1, 2, *spatial)
-    assert torch.allclose(out[:, 1], torch.full((1, *spatial), expected), atol=1e-6)
+    k = 2 if len(samples[0]) == 1 else len(samples[0])
+    assert out.shape == (1, k + 1, *spatial)
+    assert torch.allclose(out[:, k], torch.full((1, *spatial), expected), atol=1e-6)
 
 
 def test_inferer_bad_inputs():

@@ -177,7 +177,7 @@ def test_package_carries_common_weights_and_pins(name: str, packages) -> None:
     if name == "diffboost":
         assert "diffusers" in req, req
     assert all(v and v[0].isdigit() for v in req.values()), req
-    assert "common.inference_network" in meta["packaged_common"]["modules"]
+    assert "common.inference_network" in meta["packaged_common"]["modules_used"]
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLES))
@@ -219,3 +219,38 @@ def test_unzipped_package_infers_outside_the_repository(name: str, packages, dem
     assert len(segs) == len(cases), f"{name}: expected {len(cases)} segmentations, found {written}"
     uncertainty = [w for w in written if "_uncertainty." in w]
     assert len(uncertainty) == (len(cases) if has_uncertainty else 0), written
+
+
+ONE_PROCESS = """
+import json
+from monai.bundle import ConfigParser
+
+def unload_scripts():  # what MONAI Label does between bundles (monailabel.utils.others.class_utils.unload_module)
+    for k in [k for k in sys.modules if k == 'scripts' or k.startswith('scripts.')]:
+        del sys.modules[k]
+
+for folder in FOLDERS:
+    sys.path.insert(0, folder)
+    unload_scripts()
+    p = ConfigParser()
+    p.read_config([folder + '/configs/inference.json', folder + '/configs/demo.json'])
+    p['bundle_root'] = folder
+    for key in ('network_def', 'preprocessing', 'inferer', 'postprocessing'):
+        p.get_parsed_content(key)
+    sys.path.remove(folder)
+    print('LOADED', folder.rsplit('/', 1)[-1], flush=True)
+import common
+print('COMMON_FROM', common.__file__)
+"""
+
+
+def test_all_packages_load_in_one_process_as_monai_label_does(packages, tmp_path: Path) -> None:
+    """MONAI Label's monaibundle app builds every bundle's network, transforms and inferer in ONE process, putting
+    each bundle folder on ``sys.path`` in turn and unloading only ``scripts``: the ``common`` package imported for
+    the first bundle must serve all the others (each package therefore carries all of ``common``)."""
+    order = ["textdiff", "cdal", "textdiffseg", "diffboost"]  # the smallest `common` user first
+    folders = [str(packages[n][1]) for n in order]
+    r = _python(tmp_path, f"FOLDERS = {folders!r}\n" + ONE_PROCESS)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("LOADED")] == order
+    assert f"COMMON_FROM {folders[0]}/common/__init__.py" in r.stdout

@@ -4,12 +4,15 @@
     python tools/package_bundle.py bundles/<name> --out DIR
 
 Writes ``DIR/<name>/`` and ``DIR/<name>_v<version>.zip`` (top-level folder ``<name>/``, as the model zoo packs).
-The bundle's configs and ``scripts/`` are scanned for the ``common`` modules they use; those modules and every
-``common`` module they import (transitively, including the package ``__init__`` files) are copied into
-``DIR/<name>/common/``. ``monai.bundle run`` puts the bundle folder on ``sys.path``, so ``common.*`` resolves to
-the copy. ``configs/metadata.json`` gets the versions of the installed third-party packages the code imports
+The whole ``common`` package (Python files and schemas) is copied into ``DIR/<name>/common/``; ``monai.bundle run``
+puts the bundle folder on ``sys.path``, so ``common.*`` resolves to the copy. All of it, not only the modules this
+bundle uses: a MONAI Label server loads several bundles into ONE process and only reloads their ``scripts``
+packages between them, so the ``common`` imported first (by whichever bundle) must serve every other bundle too
+(a bundle-specific subset failed there with ``No module named 'common.adaptive_norm'``). The bundle's configs and
+``scripts/`` are still scanned for the ``common`` modules they use (transitively): that closure is recorded as
+``packaged_common.modules_used`` and decides the pinned third-party packages. ``configs/metadata.json`` gets the versions of the installed third-party packages the code imports
 (``required_packages_version``, ``monai_version``, ``pytorch_version``, ``numpy_version``) and a
-``packaged_common`` record (modules copied, ``common`` version, git commit).
+``packaged_common`` record (modules copied, modules used, ``common`` version, git commit).
 
 Weights over ``--large-file-mb`` (25 MB, the model zoo's limit) stay in the folder but are left out of the zip and
 listed in the package's ``large_files.yml`` with their SHA-256 (``url`` = ``--large-files-url`` + file name, or
@@ -213,12 +216,13 @@ def package_bundle(
     )
     seeds, third = scan_bundle(bundle)
     files, third_common = common_closure(seeds)
-    for f in sorted(files):
+    carried = sorted(COMMON_DIR.rglob("*.py"))
+    for f in carried:
         target = dest / f.relative_to(REPO_ROOT)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, target)
     schemas = COMMON_DIR / "schemas"
-    if schemas.is_dir() and files:
+    if schemas.is_dir():
         shutil.copytree(schemas, dest / "common" / "schemas", dirs_exist_ok=True)
 
     versions = _versions(third | third_common | set(ALWAYS))
@@ -229,7 +233,8 @@ def package_bundle(
     meta["packaged_common"] = {
         "version": common_version,
         "git_commit": _git_commit(),
-        "modules": sorted(_module_name(f) for f in files),
+        "modules": sorted(_module_name(f) for f in carried),
+        "modules_used": sorted(_module_name(f) for f in files),
     }
     (dest / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n", encoding="utf-8")
 
@@ -264,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     meta = json.loads((dest / "configs" / "metadata.json").read_text())
     print(f"bundle folder: {dest}\nzip: {zip_path}")
-    print(f"common modules carried: {', '.join(meta['packaged_common']['modules']) or '(none)'}")
+    print(f"common modules used by the bundle: {', '.join(meta['packaged_common']['modules_used']) or '(none)'} "
+          f"({len(meta['packaged_common']['modules'])} carried)")
     print(f"required packages: {meta['required_packages_version']}")
     return 0
 

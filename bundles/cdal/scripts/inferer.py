@@ -13,19 +13,26 @@
 
 Per sample: ``x_T ~ N(0, I)``; for ``t = T-1..0``: fresh ``z``, ``x0_hat = G(x, t, I, z)``,
 ``x <- DDPMScheduler.step(x0_hat, t, x)`` (MONAI; no noise at t = 0, so the result is ``x0_hat``). Each sample is
-mapped to [0, 1] by ``(x + 1) / 2`` and clamped. Binary (1 label channel): mask = mean > ``threshold``. Multi-class
-(one-hot channels incl. background): argmax of the (rounded) channel means.
+mapped to [0, 1] by ``(x + 1) / 2`` and clamped. The output holds class scores whose argmax is the paper's mask,
+as every bundle's ``inferer`` does (bundles/README.md, "Outputs"), so the same postprocessing (and MONAI Label, which
+takes the labels from ``metadata.json``'s ``channel_def``) works for all of them:
 
-Output ``[B, 2, *spatial]``: channel 0 the label map (class ids), channel 1 the uncertainty = per-pixel variance over
-the N samples of the [0, 1] foreground map (one-hot label maps: summed over the foreground channels 1..Cl-1; the
-bundles' one definition, bundles/README.md "Outputs", :func:`common.inference_transforms.foreground_variance`);
-``return_uncertainty=False`` gives ``[B, 1, ...]``.
+- binary (1 label channel): ``(1 - m, m)`` with ``m`` the mean of the N samples' foreground maps; argmax = the
+  paper's threshold ``m > 0.5`` (a tie at exactly 0.5 goes to background, as ``m > 0.5`` does);
+- multi-class (one-hot channels incl. background): the per-channel means (3D: rounded per window, then averaged
+  over windows, as the official ``metrics_hippo.py``); argmax = the class.
+
+Output ``[B, K + 1, *spatial]`` (``K`` = 2 for binary, else the label channels): the K class scores, then the
+uncertainty = per-pixel variance over the N samples of the [0, 1] foreground map (one-hot label maps: summed over
+the foreground channels 1..Cl-1; the bundles' one definition, :func:`common.inference_transforms.foreground_variance`);
+``return_uncertainty=False`` gives ``[B, K, ...]``.
 All randomness comes from one ``torch.Generator`` seeded with ``seed`` at every call, so the same image and seed
 give exactly the same mask (``seed=None``: the global RNG).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -75,13 +82,12 @@ def sample_label_maps(
 
 
 class CDALInferer:
-    """``inferer(image, network) -> [B, 2, *spatial]`` (label map, uncertainty); see the module docstring.
+    """``inferer(image, network) -> [B, K + 1, *spatial]`` (K class scores, uncertainty); see the module docstring.
 
     Args:
         num_timesteps: ``T`` of the trained model (4 MoNuSeg, 2 CXR / Hippocampus).
         num_samples: ``N`` samples averaged (5 in the paper).
         seed: seed of the sampling generator, re-applied at each call (``None``: global RNG, not reproducible).
-        threshold: binary threshold on the mean foreground probability (0.5).
         roi_size: tile (2D) or window (3D) size.
         sw_batch_size: tiles/windows per generator call.
         overlap: tile overlap (0 for the MoNuSeg 4-tile scheme; 0.75 for Hippocampus windows).
@@ -95,7 +101,6 @@ class CDALInferer:
         num_timesteps: int = 4,
         num_samples: int = 5,
         seed: int | None = 0,
-        threshold: float = 0.5,
         roi_size: Sequence[int] | int = (256, 256),
         sw_batch_size: int = 4,
         overlap: float = 0.0,
@@ -109,12 +114,18 @@ class CDALInferer:
         self.schedule = CDALSchedule(num_timesteps, beta_min, beta_max)
         self.num_samples = int(num_samples)
         self.seed = seed
-        self.threshold = float(threshold)
         self.roi_size = roi_size
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = float(overlap)
         self.resize_to = resize_to
         self.return_uncertainty = return_uncertainty
+
+    def with_uncertainty(self, flag: bool = True) -> CDALInferer:
+        """A shallow copy that does (or does not) append the uncertainty channel (the evaluator's variant of the
+        plain ``inferer`` that MONAI Label calls)."""
+        other = copy.copy(self)
+        other.return_uncertainty = bool(flag)
+        return other
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _generator(self, device: torch.device) -> torch.Generator | None:
@@ -190,9 +201,7 @@ class CDALInferer:
                 x, roi, self.sw_batch_size, self._predictor_3d(network, gen), overlap=self.overlap
             )
             mean, var = maps[:, :cl], maps[:, cl:]
-        if cl == 1:
-            labels = (mean > self.threshold).to(torch.float32)
-        else:
-            labels = mean.argmax(dim=1, keepdim=True).to(torch.float32)
-        out = torch.cat([labels, var.to(torch.float32)], dim=1) if self.return_uncertainty else labels
+        scores = torch.cat([1.0 - mean, mean], dim=1) if cl == 1 else mean
+        scores = scores.to(torch.float32)
+        out = torch.cat([scores, var.to(torch.float32)], dim=1) if self.return_uncertainty else scores
         return convert_to_dst_type(out, image)[0] if isinstance(image, MetaTensor) else out

@@ -1,0 +1,397 @@
+#!/usr/bin/env python
+"""Drop every bundle into a real MONAI Label server (``monaibundle`` sample app) on 127.0.0.1 and segment with it.
+
+    bash tools/setup_monailabel_env.sh                 # once: MONAI Label's own venv (.venv-monailabel, ~8.5 GB)
+    .venv/bin/python tools/monailabel_check.py         # -> monailabel_check/report.json, exit 0 when all pass
+
+Steps (each timed, written to ``<work>/report.json`` and printed as a table):
+
+1. demo data: the synthetic MoNuSeg / MSD / BUSI sets of ``tools/demo.py`` in their official layouts;
+2. weights: ``<weights-from>/<bundle>/models/model.pt`` (default ``demo_output``, what ``tools/run_demo.sh``
+   leaves), else a brief demo training of the bundle (``train.json`` + ``demo.json``, as the demo does);
+3. app: the ``monaibundle`` app copied from the MONAI Label venv; each bundle packaged by
+   ``tools/package_bundle.py`` (it carries its ``common`` code; the MONAI Label venv does not have this repository)
+   into ``<app>/model/<bundle>/``, with ``configs/demo.json`` folded into its other configs (MONAI Label reads
+   ``configs/inference.json`` alone, and the weights are demo-size) and the weights as ``models/model.pt``;
+4. studies: the first test image of each demo dataset (2D PNG for MoNuSeg/BUSI, 3D NIfTI for MSD);
+5. ``monailabel start_server --app <app> --studies <studies> --conf models <bundles> --conf zoo_source github
+   --conf sam2 false`` on 127.0.0.1 (``zoo_source github``: offline, an existing local bundle is used as is;
+   shared/specs/monai-conventions.md section H), offline (``HF_HUB_OFFLINE=1``);
+6. ``GET /info/``: every bundle is listed as an inference model with its labels, and as a trainer (MONAI Label
+   accepted its ``train.json``); the text-guided bundles expose the ``text`` option (``displayable_configs``);
+7. ``POST /infer/<bundle>?image=<id>&output=image`` per bundle (the text-guided ones with a typed ``text``;
+   TextDiffSeg also without text and with a prompt that selects one structure): the returned label file must have
+   the image's spatial shape (and, for NIfTI, its affine), label values among the bundle's classes, be non-empty
+   and overlap the case's ground truth (foreground Dice >= 0.5: a transposed or shifted label fails);
+8. the server is stopped (SIGTERM to its process group, SIGKILL after 20 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tools.demo import prepare_demo_data, run_step  # noqa: E402
+from tools.package_bundle import package_bundle  # noqa: E402
+
+#: bundle -> (demo dataset, requests: list of (name, params)); the text of "case" is the test case's own text
+REQUESTS: dict[str, list[tuple[str, dict]]] = {
+    "textdiff": [("typed text", {"text": "<case text>"})],
+    "cdal": [("image only", {})],
+    "textdiffseg": [
+        ("class prompts (no text)", {}),
+        ("typed prompt selects the kidney", {"text": "A computerized tomography of a kidney."}),
+    ],
+    "diffboost": [("image only", {})],
+}
+#: labels a request may return: (allowed values, values that must be absent)
+EXPECTED_VALUES = {"typed prompt selects the kidney": ({0, 1}, {2})}
+
+
+@dataclass
+class Check:
+    bundle: str
+    request: str
+    ok: bool = False
+    seconds: float | None = None
+    detail: str = ""
+    label_file: str | None = None
+
+
+@dataclass
+class Report:
+    venv: str
+    bundles: list[str]
+    timings_s: dict[str, float] = field(default_factory=dict)
+    info_ok: bool = False
+    info_detail: str = ""
+    checks: list[Check] = field(default_factory=list)
+    server_log: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.info_ok and bool(self.checks) and all(c.ok for c in self.checks)
+
+
+def fold_demo_overrides(bundle_dir: Path) -> None:
+    """Merge ``configs/demo.json`` (top-level keys only, bundles/README.md) into the bundle's other JSON configs,
+    so that a reader of ``inference.json`` alone (MONAI Label) gets the demo-size settings."""
+    demo_path = bundle_dir / "configs" / "demo.json"
+    demo = json.loads(demo_path.read_text())
+    for name in ("inference.json", "train.json", "evaluate.json"):
+        path = bundle_dir / "configs" / name
+        if path.is_file():
+            config = json.loads(path.read_text())
+            config.update({k: v for k, v in demo.items() if k != "demo_dataset"})
+            path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 600) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def multipart(fields: dict[str, str]) -> tuple[bytes, str]:
+    """``multipart/form-data`` body of text fields (MONAI Label's ``params`` form field)."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for k, v in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def load_spatial(path: Path):
+    """(array with the channel first, affine) as MONAI reads ``path``."""
+    from monai.transforms import LoadImage
+
+    img = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    return img.numpy(), img.affine.numpy()
+
+
+#: least foreground Dice against the case's ground truth: the demo-trained models score 0.7-0.9 (README), a label
+#: that is transposed, flipped or shifted against the image scores far lower
+MIN_DICE = 0.5
+
+
+def check_label(label_path: Path, image_path: Path, truth_path: Path | None, n_classes: int,
+                expect: tuple[set, set] | None) -> tuple[bool, str]:
+    import numpy as np
+
+    label, label_affine = load_spatial(label_path)
+    image, image_affine = load_spatial(image_path)
+    problems = []
+    if label.shape[0] != 1:
+        problems.append(f"{label.shape[0]} channels, expected one label map")
+    if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+        problems.append(f"spatial shape {tuple(label.shape[1:])} != image {tuple(image.shape[1:])}")
+    if label_path.name.endswith((".nii", ".nii.gz")) and image_path.name.endswith((".nii", ".nii.gz")):
+        if not np.allclose(label_affine, image_affine, atol=1e-3):
+            problems.append(f"affine differs from the image's:\n{label_affine}\nvs\n{image_affine}")
+    values = {int(v) for v in np.unique(np.rint(label))}
+    allowed, absent = expect if expect else (set(range(n_classes)), set())
+    if not values <= allowed:
+        problems.append(f"label values {sorted(values)} outside {sorted(allowed)}")
+    if values & absent:
+        problems.append(f"label values {sorted(values & absent)} should be absent")
+    fg = int((np.rint(label) > 0).sum())
+    if fg == 0:
+        problems.append("empty label (no foreground voxel)")
+    detail = f"shape {tuple(label.shape[1:])}, values {sorted(values)}, foreground {fg} of {label[0].size}"
+    if truth_path is not None and not problems:
+        truth, _ = load_spatial(truth_path)
+        a, b = np.rint(label[0]) > 0, np.rint(truth[0]) > 0
+        dice = 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+        detail += f", foreground Dice vs ground truth {dice:.3f}"
+        if dice < MIN_DICE:
+            problems.append(f"foreground Dice {dice:.3f} < {MIN_DICE} (misaligned or wrong label?)")
+    return not problems, detail + ("; " + "; ".join(problems) if problems else "")
+
+
+def start_server(venv: Path, app: Path, studies: Path, bundles: list[str], port: int, log: Path) -> subprocess.Popen:
+    cmd = [
+        str(venv / "bin" / "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--conf", "models", ",".join(bundles), "--conf", "zoo_source", "github", "--conf", "sam2", "false",
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
+               PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", BUNDLE_DOWNLOAD_SRC="github")
+    fh = open(log, "w")
+    fh.write("$ " + " ".join(cmd) + "\n")
+    fh.flush()
+    return subprocess.Popen(cmd, cwd=app.parent, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for_info(base: str, proc: subprocess.Popen, timeout: float, log: Path) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}; log tail:\n{_tail(log)}")
+        try:
+            status, _, body = http(base + "/info/", timeout=10)
+            if status == 200:
+                return json.loads(body)
+        except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError):
+            pass
+        time.sleep(2)
+    raise RuntimeError(f"no answer from {base}/info/ within {timeout:.0f} s; log tail:\n{_tail(log)}")
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def check_info(info: dict, bundles: list[str]) -> tuple[bool, str]:
+    models, trainers = info.get("models", {}), info.get("trainers", {})
+    problems, seen = [], []
+    for b in bundles:
+        m = models.get(b)
+        if m is None:
+            problems.append(f"{b}: not among the models {sorted(models)}")
+            continue
+        labels = m.get("labels")
+        if not labels:
+            problems.append(f"{b}: no labels")
+        if b in ("textdiff", "textdiffseg") and "text" not in (m.get("config") or {}):
+            problems.append(f"{b}: the 'text' option is not exposed (config {m.get('config')})")
+        if b not in trainers:
+            problems.append(f"{b}: no trainer (train.json not accepted)")
+        seen.append(f"{b}: {m.get('type')} {m.get('dimension')}D labels {labels}")
+    return not problems, "; ".join(problems) if problems else " | ".join(seen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--venv", default=str(REPO_ROOT / ".venv-monailabel"), help="MONAI Label's virtual environment")
+    ap.add_argument("--work", default=str(REPO_ROOT / "monailabel_check"), help="output folder (recreated)")
+    ap.add_argument("--weights-from", default=str(REPO_ROOT / "demo_output"),
+                    help="folder with <bundle>/models/model.pt from tools/demo.py; missing ones are trained briefly")
+    ap.add_argument("--bundles", nargs="*", default=list(REQUESTS), help="bundles to serve (default: all four)")
+    ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    ap.add_argument("--startup-timeout", type=float, default=600.0)
+    args = ap.parse_args(argv)
+
+    venv, work = Path(args.venv).resolve(), Path(args.work).resolve()
+    if not (venv / "bin" / "monailabel").is_file():
+        print(f"error: {venv}/bin/monailabel not found: run `bash tools/setup_monailabel_env.sh` first "
+              f"(or pass --venv)", file=sys.stderr)
+        return 2
+    unknown = [b for b in args.bundles if b not in REQUESTS]
+    if unknown:
+        print(f"error: unknown bundles {unknown}; known: {sorted(REQUESTS)}", file=sys.stderr)
+        return 2
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    report = Report(str(venv), list(args.bundles))
+    t_all = time.perf_counter()
+
+    t = time.perf_counter()
+    print("[monailabel] 1/8 demo data", flush=True)
+    datalists = prepare_demo_data(work / "data")
+    report.timings_s["data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    print("[monailabel] 2/8 weights", flush=True)
+    from common.data import load_datalist
+
+    weights: dict[str, Path] = {}
+    for b in args.bundles:
+        found = Path(args.weights_from) / b / "models" / "model.pt"
+        if found.is_file():
+            weights[b] = found
+            print(f"[monailabel]   {b}: {found}", flush=True)
+            continue
+        bundle = REPO_ROOT / "bundles" / b
+        dataset = json.loads((bundle / "configs" / "demo.json").read_text())["demo_dataset"]
+        out = work / "train" / b
+        overrides = {"dataset_dir": str(datalists[dataset].parent), "datalist": str(datalists[dataset]),
+                     "output_dir": str(out / "eval"), "ckpt_dir": str(out / "models")}
+        print(f"[monailabel]   {b}: no {found}, training briefly on the demo data ...", flush=True)
+        r = run_step(bundle, ["configs/train.json", "configs/demo.json"], overrides, out / "train.log")
+        if r.returncode != 0:
+            print(f"error: training {b} failed, see {r.log}\n{_tail(Path(r.log))}", file=sys.stderr)
+            return 1
+        weights[b] = out / "models" / "model.pt"
+    report.timings_s["weights"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    print("[monailabel] 3/8 app with the packaged bundles", flush=True)
+    app = work / "app"
+    shutil.copytree(venv / "monailabel" / "sample-apps" / "monaibundle", app)
+    (app / "model").mkdir(exist_ok=True)
+    for b in args.bundles:
+        dest, _ = package_bundle(REPO_ROOT / "bundles" / b, work / "packages")
+        target = app / "model" / b
+        shutil.copytree(dest, target)
+        fold_demo_overrides(target)
+        (target / "models").mkdir(exist_ok=True)
+        shutil.copy2(weights[b], target / "models" / "model.pt")
+    report.timings_s["app"] = time.perf_counter() - t
+
+    print("[monailabel] 4/8 studies", flush=True)
+    studies = work / "studies"
+    studies.mkdir()
+    images: dict[str, tuple[str, Path, dict]] = {}
+    for b in args.bundles:
+        dataset = json.loads((REPO_ROOT / "bundles" / b / "configs" / "demo.json").read_text())["demo_dataset"]
+        case = load_datalist(datalists[dataset], "test")[0]
+        src = Path(case["image"])
+        suffix = "".join(src.suffixes[-2:]) if src.name.endswith(".nii.gz") else src.suffix
+        image_id = f"{dataset}_{case['case_id']}"
+        dst = studies / f"{image_id}{suffix}"
+        if not dst.exists():
+            shutil.copy2(src, dst)
+        images[b] = (image_id, dst, case)
+
+    port = args.port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = work / "server.log"
+    report.server_log = str(log)
+    print(f"[monailabel] 5/8 monailabel start_server on {base} (log {log})", flush=True)
+    t = time.perf_counter()
+    proc = start_server(venv, app, studies, args.bundles, port, log)
+    try:
+        info = wait_for_info(base, proc, args.startup_timeout, log)
+        report.timings_s["server_start"] = time.perf_counter() - t
+        print(f"[monailabel]   server up in {report.timings_s['server_start']:.1f} s", flush=True)
+        print("[monailabel] 6/8 /info", flush=True)
+        report.info_ok, report.info_detail = check_info(info, args.bundles)
+        print(f"[monailabel]   {'ok' if report.info_ok else 'FAILED'}: {report.info_detail}", flush=True)
+        (work / "info.json").write_text(json.dumps(info, indent=2))
+
+        print("[monailabel] 7/8 /infer", flush=True)
+        labels_dir = work / "labels"
+        labels_dir.mkdir()
+        for b in args.bundles:
+            image_id, image_path, case = images[b]
+            n_classes = len(info.get("models", {}).get(b, {}).get("labels") or {}) + 1
+            for name, params in REQUESTS[b]:
+                params = {k: (case.get("text") if v == "<case text>" else v) for k, v in params.items()}
+                check = Check(b, name)
+                body, ctype = multipart({"params": json.dumps({**params, "device": "cpu"})})
+                query = urllib.parse.urlencode({"image": image_id, "output": "image"})
+                t_inf = time.perf_counter()
+                status, headers, content = http(f"{base}/infer/{b}?{query}", body, {"Content-Type": ctype})
+                check.seconds = time.perf_counter() - t_inf
+                if status != 200:
+                    check.detail = f"HTTP {status}: {content[:2000].decode(errors='replace')}"
+                else:
+                    disposition = headers.get("content-disposition") or headers.get("Content-Disposition") or ""
+                    fname = disposition.split("filename=")[-1].strip('"; ') if "filename=" in disposition else "label.nii.gz"
+                    ext = ".nii.gz" if fname.endswith(".nii.gz") else Path(fname).suffix
+                    label_path = labels_dir / f"{b}_{name.replace(' ', '_').replace('(', '').replace(')', '')}{ext}"
+                    label_path.write_bytes(content)
+                    check.label_file = str(label_path)
+                    try:
+                        truth = Path(case["label"]) if case.get("label") else None
+                        check.ok, check.detail = check_label(label_path, image_path, truth, n_classes,
+                                                             EXPECTED_VALUES.get(name))
+                    except Exception as e:  # noqa: BLE001 - reported, not raised
+                        check.detail = f"unreadable label file {label_path}: {type(e).__name__}: {e}"
+                report.checks.append(check)
+                print(f"[monailabel]   {b} [{name}] {'ok' if check.ok else 'FAILED'} in {check.seconds:.1f} s: "
+                      f"{check.detail}", flush=True)
+    except RuntimeError as e:
+        report.info_detail = report.info_detail or str(e)
+        print(f"error: {e}", file=sys.stderr)
+    finally:
+        print("[monailabel] 8/8 stopping the server", flush=True)
+        stop_server(proc)
+    report.timings_s["total"] = time.perf_counter() - t_all
+    (work / "report.json").write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
+    print("\n| bundle | request | result | seconds | detail |\n|---|---|---|---|---|")
+    for c in report.checks:
+        print(f"| {c.bundle} | {c.request} | {'ok' if c.ok else 'FAILED'} | {c.seconds or 0:.1f} | {c.detail} |")
+    print(f"\n/info: {'ok' if report.info_ok else 'FAILED'}; timings (s): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in report.timings_s.items()))
+    print(f"{'PASSED' if report.ok else 'FAILED'}: report {work / 'report.json'}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
