@@ -215,6 +215,10 @@ def test_torchrun_two_ranks_train(case: BundleCase, demo_datalists: dict[str, Pa
     assert not any(k.startswith("module.") for k in ckpt["model"]), "DDP wrapper prefix leaked into the checkpoint"
     for name in (case.final_model, *case.extra_models):
         assert load_final_model(case, models / name) > 0
+    # rank 0 alone reports: one process wrote TensorBoard event files (events.out.tfevents.<time>.<host>.<pid>.<n>)
+    writers = {p.name.split(".")[-2] for p in (out / "eval").rglob("events.out.tfevents.*")}
+    assert len(writers) == 1, f"TensorBoard event files from {len(writers)} processes: {sorted(writers)}"
+    assert not rank_lines(text, 1, r" - INFO - Epoch: 1/1, Iter: "), "rank 1 printed StatsHandler lines"
 
 
 def test_torchrun_resumes_after_kill(demo_datalists: dict[str, Path], tmp_path: Path) -> None:

@@ -449,3 +449,39 @@ def test_standard_handlers_log_iteration_and_epoch_loss(tmp_path, caplog):
     EpochAverageLoss("l").attach(e2)
     e2.run([0], max_epochs=1)
     assert e2.state.metrics["l"] == 2.0
+
+
+def test_reporting_handlers_only_on_rank_zero(tmp_path):
+    """Under torchrun the non-zero ranks drop StatsHandler / TensorBoardStatsHandler / the progress bar (one log and
+    one TensorBoard event file per run); every other handler, e.g. a CheckpointLoader MONAI Label puts first, stays."""
+    from monai.handlers import CheckpointLoader, LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
+
+    from common.training import EpochAverageLoss, ProgressBarHandler, handlers_for_this_rank
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loader = CheckpointLoader(load_path="x.pt", load_dict={"model": net})
+    lr = LrScheduleHandler(torch.optim.lr_scheduler.StepLR(opt, 1))
+    stats, tb = StatsHandler(), TensorBoardStatsHandler(log_dir=str(tmp_path))
+    avg, bar = EpochAverageLoss("loss_epoch"), ProgressBarHandler()
+    handlers = [loader, avg, lr, stats, tb, bar]
+    assert handlers_for_this_rank(handlers, rank=0) == handlers
+    assert handlers_for_this_rank(handlers, rank=1) == [loader, avg, lr]
+    assert handlers_for_this_rank(handlers) == handlers  # no process group: rank 0
+    assert handlers_for_this_rank(None, rank=3) == []
+
+
+def test_tensorboard_event_file_only_on_rank_zero(tmp_path, monkeypatch):
+    """MONAI's TensorBoardStatsHandler creates its event file when constructed; on a rank > 0 ours writes none."""
+    import common.training.handlers as handlers_module
+    from common.training import RankZeroTensorBoardStatsHandler
+
+    RankZeroTensorBoardStatsHandler(log_dir=str(tmp_path / "rank0")).close()
+    assert list((tmp_path / "rank0").glob("events.out.tfevents.*"))
+    monkeypatch.setattr(handlers_module, "_rank", lambda: 1)
+    h = RankZeroTensorBoardStatsHandler(log_dir=str(tmp_path / "rank1"), tag_name="loss", output_transform=lambda x: x)
+    engine = Engine(lambda e, b: 0.5)
+    h.attach(engine)
+    engine.run([0, 1], max_epochs=1)  # the null writer takes the scalars
+    h.close()
+    assert not (tmp_path / "rank1").exists() or not list((tmp_path / "rank1").glob("*"))

@@ -4,7 +4,7 @@
 - :mod:`common.training.rng` -- :class:`RNGState`: Python/numpy/torch generators + MONAI random transforms.
 - :mod:`common.training.resume` -- :class:`ResumableCheckpointer`, the ignite handler that saves and resumes.
 - :mod:`common.training.seed` -- :func:`seed_everything` (``monai.utils.set_determinism`` + deterministic kernels).
-- :mod:`common.training.handlers` -- epoch loss, progress bar and the standard handler list.
+- :mod:`common.training.handlers` -- epoch loss, progress bar, the standard handler list, rank-0-only reporting.
 """
 
 from common.training.checkpoint import (
@@ -20,7 +20,14 @@ from common.training.checkpoint import (
     save_training_checkpoint,
     to_weights_only_safe,
 )
-from common.training.handlers import EpochAverageLoss, LossOutput, ProgressBarHandler, standard_train_handlers
+from common.training.handlers import (
+    EpochAverageLoss,
+    LossOutput,
+    ProgressBarHandler,
+    RankZeroTensorBoardStatsHandler,
+    handlers_for_this_rank,
+    standard_train_handlers,
+)
 from common.training.resume import ResumableCheckpointer
 from common.training.rng import RNGState, find_random_states, get_global_rng_state, set_global_rng_state
 from common.training.seed import seed_everything
@@ -40,6 +47,8 @@ __all__ = [
     "EpochAverageLoss",
     "LossOutput",
     "ProgressBarHandler",
+    "RankZeroTensorBoardStatsHandler",
+    "handlers_for_this_rank",
     "standard_train_handlers",
     "ResumableCheckpointer",
     "RNGState",

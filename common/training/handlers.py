@@ -35,7 +35,17 @@ from ignite.handlers import ProgressBar
 from ignite.metrics import Average
 from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
 
-__all__ = ["LossOutput", "EpochAverageLoss", "ProgressBarHandler", "standard_train_handlers"]
+__all__ = [
+    "LossOutput",
+    "EpochAverageLoss",
+    "ProgressBarHandler",
+    "RankZeroTensorBoardStatsHandler",
+    "handlers_for_this_rank",
+    "standard_train_handlers",
+]
+
+#: handlers that only report (console statistics, TensorBoard event files, progress bar): one rank is enough
+REPORTING_HANDLERS = (StatsHandler, TensorBoardStatsHandler)
 
 
 class LossOutput:
@@ -129,3 +139,53 @@ def standard_train_handlers(
     if progress_bar:
         handlers.append(ProgressBarHandler(out_t))
     return handlers
+
+
+def handlers_for_this_rank(handlers: Sequence[Any] | None, rank: int | None = None) -> list[Any]:
+    """``handlers`` as the distributed rank ``rank`` should attach them: all of them on rank 0 (or without
+    ``torch.distributed``); on the other ranks without the reporting handlers (``StatsHandler``,
+    ``TensorBoardStatsHandler``, :class:`ProgressBarHandler`), which would otherwise print every line once per rank and
+    write one TensorBoard event file per rank into the same folder.
+
+    Used by every bundle's ``configs/multi_gpu_train.json`` as
+    ``"train#trainer#train_handlers": "$common.training.handlers_for_this_rank(@train#handlers)"``: it filters by
+    type, not by position, so a handler MONAI Label inserts into ``train#handlers`` (its ``CheckpointLoader`` at
+    index 0) is kept on every rank. Checkpoint writers decide themselves (``ResumableCheckpointer(save_on_rank=0)``).
+
+    Args:
+        handlers: the configured handler list (``None`` -> ``[]``).
+        rank: the process rank; ``None`` reads ``torch.distributed`` (0 when it is not initialised).
+    """
+    handlers = list(handlers or [])
+    if rank is None:
+        rank = _rank()
+    if rank == 0:
+        return handlers
+    return [h for h in handlers if not isinstance(h, (*REPORTING_HANDLERS, ProgressBarHandler))]
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+
+
+class _NullSummaryWriter:
+    """Accepts every ``SummaryWriter`` call and writes nothing (the writer of a non-zero rank)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+class RankZeroTensorBoardStatsHandler(TensorBoardStatsHandler):
+    """MONAI's ``TensorBoardStatsHandler`` whose event file exists on distributed rank 0 only.
+
+    MONAI's handler opens its ``SummaryWriter`` (and so creates an ``events.out.tfevents.*`` file) when it is
+    constructed, i.e. when a bundle config is parsed, on every torchrun rank: removing it from the trainer's handler
+    list afterwards (:func:`handlers_for_this_rank`) is too late. On ranks > 0 this subclass gets a writer that
+    discards everything. Without ``torch.distributed`` (one GPU, CPU, MONAI Label) it is MONAI's handler unchanged.
+    Same arguments as ``monai.handlers.TensorBoardStatsHandler``.
+    """
+
+    def __init__(self, summary_writer: Any = None, log_dir: str = "./runs", **kwargs: Any) -> None:
+        if summary_writer is None and _rank() != 0:
+            summary_writer = _NullSummaryWriter()
+        super().__init__(summary_writer=summary_writer, log_dir=log_dir, **kwargs)
