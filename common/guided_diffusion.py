@@ -35,6 +35,7 @@ import torch.nn as nn
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 
+from common.checks import describe_state_dict_mismatch
 from common.errors import BadInputError
 from common.legacy_checkpoints import load_state_dict_file, register_checkpoint_converter
 
@@ -331,18 +332,11 @@ def convert_adm_state_dict(
             for p in ("weight", "bias"):
                 take(f"{adm_prefix}.{p}", f"{monai_prefix}.{p}")
 
-    missing = [k for k in target if k not in out]
-    mismatched = [
-        f"{k}: checkpoint {tuple(out[k].shape)} vs network {tuple(target[k].shape)}"
-        for k in target
-        if k in out and tuple(out[k].shape) != tuple(target[k].shape)
-    ]
     if remaining:
         problems.append(f"{len(remaining)} official key(s) not used: {sorted(remaining)[:5]}")
-    if missing:
-        problems.append(f"{len(missing)} network key(s) not filled: {missing[:5]}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): {mismatched[:3]}")
+    mismatch = describe_state_dict_mismatch(target, out, strict=True)  # network keys not filled + shape mismatches
+    if mismatch:
+        problems.append(mismatch)
     if problems:
         raise BadInputError(
             source,

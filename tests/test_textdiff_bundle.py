@@ -214,3 +214,13 @@ def test_validate_bundle_with_the_demo_override():
     report = validate_bundle(BUNDLE, override="configs/demo.json")
     assert not report.failed, str(report)
     assert "[PASS] network: inferer(image, network_def)" in str(report)
+
+
+def test_training_set_smaller_than_one_batch_is_a_named_error(demo_data, tmp_path):
+    """drop_last with fewer cases than batch_size (or a torchrun rank's smaller share) gives an empty epoch, which
+    ignite only warns about: the bundle refuses it with a message naming the loader, the cases and the batch size."""
+    overrides = {"dataset_dir": str(demo_data.parent), "datalist": str(demo_data), "output_dir": str(tmp_path / "eval"),
+                 "ckpt_dir": str(tmp_path / "models"), "num_train_cases": 1, "batch_size": 2}
+    parser = _parser(["train.json", "demo.json"], **overrides)
+    _assert_bad_input(lambda: parser.get_parsed_content("train#trainer"),
+                      r"train#dataloader: the data loader yields no batch: 1 case\(s\).*batch_size 2")

@@ -258,7 +258,7 @@ def test_wrong_architecture_is_rejected_with_the_keys_listed():
     broken = dict(official)
     broken.pop("middle_block.1.qkv.weight")
     broken["extra.weight"] = torch.zeros(1)
-    with pytest.raises(BadInputError, match=r"not used: \['extra.weight'\].*not filled"):
+    with pytest.raises(BadInputError, match=r"not used: \[.extra.weight.\].*missing key"):
         convert_adm_state_dict(broken, adm_unet(**TINY))
 
 

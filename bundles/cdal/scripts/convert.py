@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from common.atomic import atomic_torch_save
+from common.checks import describe_state_dict_mismatch
 from common.errors import BadInputError
 from common.legacy_checkpoints import load_state_dict_file, register_checkpoint_converter
 
@@ -74,27 +75,24 @@ def convert_official_generator_state_dict(
         sd = {k[len("module."):]: v for k, v in sd.items()}
     mapping = official_key_map(network)
     ours = network.state_dict()
-    missing = [o for o in mapping.values() if o not in sd]
+    renamed = {k: sd[o] for k, o in mapping.items() if o in sd}  # official tensors under our names
+    problems = []
+    missing = [o for o in mapping.values() if o not in sd]  # named as in the official checkpoint
+    if missing:
+        problems.append(f"{len(missing)} official key(s) missing from the checkpoint {missing[:5]}")
     unused = sorted(set(sd) - set(mapping.values()))
-    mismatched = [
-        f"{o}: checkpoint {tuple(sd[o].shape)} vs network {tuple(ours[k].shape)} ({k})"
-        for k, o in mapping.items()
-        if o in sd and tuple(sd[o].shape) != tuple(ours[k].shape)
-    ]
-    if missing or unused or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} official key(s) missing from the checkpoint {missing[:5]}")
-        if unused:
-            parts.append(f"{len(unused)} checkpoint key(s) unused {unused[:5]}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es) ({'; '.join(mismatched[:3])})")
+    if unused:
+        problems.append(f"{len(unused)} checkpoint key(s) unused {unused[:5]}")
+    mismatch = describe_state_dict_mismatch(ours, renamed, strict=False)  # shape mismatches
+    if mismatch:
+        problems.append(mismatch)
+    if problems:
         raise BadInputError(
             source,
-            "checkpoint does not fit this generator configuration: " + ", ".join(parts)
+            "checkpoint does not fit this generator configuration: " + ", ".join(problems)
             + ". Build the network with the checkpoint's dataset config (e.g. --override configs/cxr.json)",
         )
-    return {k: sd[o].detach().clone().to(ours[k].dtype) for k, o in mapping.items()}
+    return {k: v.detach().clone().to(ours[k].dtype) for k, v in renamed.items()}
 
 
 def build_generator(config: str, overrides: list[str] | None = None) -> torch.nn.Module:
