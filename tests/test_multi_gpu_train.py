@@ -35,7 +35,6 @@ from helpers.bundle_scripts import BUNDLES_DIR, bundle_scripts
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = BUNDLES_DIR.parent
-CONFIGS = "['configs/train.json','configs/multi_gpu_train.json','configs/demo.json']"
 RUN_TIMEOUT_S = 240
 
 
@@ -49,6 +48,18 @@ class BundleCase:
     checkpoint_subdir: str
     final_model: str
     extra_models: tuple[str, ...] = field(default=())
+    train_config: str = "train.json"  # the stage's config; multi_gpu_train.json and demo.json go on top
+    label: str = ""  # test id (default: the bundle name)
+    ignored_outputs: tuple[str, ...] = ("feature_cache",)  # top-level ckpt_dir entries not checked
+    model_key: str = "model"  # the network's entry in the resume checkpoints (the final model file uses "model")
+
+    @property
+    def id(self) -> str:
+        return self.label or self.name
+
+    @property
+    def configs(self) -> str:
+        return f"['configs/{self.train_config}','configs/multi_gpu_train.json','configs/demo.json']"
 
 
 CASES = [
@@ -62,6 +73,12 @@ CASES = [
     BundleCase(
         "diffboost", "busi", {"max_epochs": "1", "use_synthetic": "False"}, "checkpoints_baseline", "model_baseline.pt"
     ),
+    # DiffBoost stage (b), the ControlNet fine-tune, with the same overlay (demo: a tiny random SD built in ckpt_dir)
+    BundleCase(
+        "diffboost", "busi", {"controlnet_epochs": "1"}, "checkpoints_controlnet", "controlnet.pt",
+        train_config="train_controlnet.json", label="diffboost-controlnet", ignored_outputs=("feature_cache", "tiny_sd"),
+        model_key="controlnet",
+    ),
 ]
 
 
@@ -73,7 +90,7 @@ def torchrun_command(case: BundleCase, datalist: Path, out: Path, **extra: str) 
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
         "--tee", "3", "-m", "monai.bundle", "run",
-        "--config_file", CONFIGS, "--meta_file", "configs/metadata.json",
+        "--config_file", case.configs, "--meta_file", "configs/metadata.json",
         "--dataset_dir", str(datalist.parent), "--datalist", str(datalist),
         "--output_dir", str(out / "eval"), "--ckpt_dir", str(out / "models"),
     ]
@@ -159,8 +176,9 @@ def all_files(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
-def load_final_model(case: BundleCase, path: Path) -> int:
-    """Build the bundle's ``network_def`` (train.json + demo.json) and load ``path`` strictly; return #params."""
+def load_final_model(case: BundleCase, path: Path, ckpt_dir: Path | None = None) -> int:
+    """Build the stage's ``network_def`` (its train config + demo.json, ``ckpt_dir`` of the run) and load ``path``
+    strictly; return #params."""
     from monai.bundle import ConfigParser
 
     from common.checks import load_network_weights
@@ -169,8 +187,10 @@ def load_final_model(case: BundleCase, path: Path) -> int:
     scope = bundle_scripts(case.name) if (bundle / "scripts").is_dir() else contextlib.nullcontext(bundle)
     with scope:
         parser = ConfigParser()
-        parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "demo.json")])
+        parser.read_config([str(bundle / "configs" / case.train_config), str(bundle / "configs" / "demo.json")])
         parser["bundle_root"] = str(bundle)
+        if ckpt_dir is not None:
+            parser["ckpt_dir"] = str(ckpt_dir)
         net = parser.get_parsed_content("network_def", instantiate=True)
         before = {k: v.clone() for k, v in net.state_dict().items()}
         load_network_weights(net, path, strict=True)
@@ -182,20 +202,20 @@ def load_final_model(case: BundleCase, path: Path) -> int:
         return sum(p.numel() for p in net.parameters())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_overlay_picks_gloo_without_cuda(case: BundleCase) -> None:
     """``dist_backend`` of the merged configs is gloo on a CPU-only machine (nccl where CUDA is available)."""
     from monai.bundle import ConfigParser
 
     bundle = BUNDLES_DIR / case.name
     parser = ConfigParser()
-    parser.read_config([str(bundle / "configs" / n) for n in ("train.json", "multi_gpu_train.json", "demo.json")])
+    parser.read_config([str(bundle / "configs" / n) for n in (case.train_config, "multi_gpu_train.json", "demo.json")])
     expected = "nccl" if torch.cuda.is_available() else "gloo"
     assert parser.get_parsed_content("dist_backend") == expected
     assert "dist.init_process_group(backend=@dist_backend)" in " ".join(parser["initialize"])
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_torchrun_two_ranks_train(case: BundleCase, demo_datalists: dict[str, Path], tmp_path: Path) -> None:
     """2-process gloo training: exit 0, both ranks train, rank 0 alone writes one checkpoint set + final model."""
     out = tmp_path / "run"
@@ -209,12 +229,12 @@ def test_torchrun_two_ranks_train(case: BundleCase, demo_datalists: dict[str, Pa
     assert not rank_lines(text, 1, r"Saved checkpoint|Saved the final"), "rank 1 wrote a checkpoint"
     models = out / "models"
     expected = {f"{case.checkpoint_subdir}/checkpoint_epoch=1.pt", case.final_model, *case.extra_models}
-    assert {f for f in all_files(models) if not f.startswith("feature_cache")} == expected
+    assert {f for f in all_files(models) if not f.startswith(case.ignored_outputs)} == expected
     ckpt = torch.load(models / case.checkpoint_subdir / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1
-    assert not any(k.startswith("module.") for k in ckpt["model"]), "DDP wrapper prefix leaked into the checkpoint"
+    assert not any(k.startswith("module.") for k in ckpt[case.model_key]), "DDP wrapper prefix leaked into the checkpoint"
     for name in (case.final_model, *case.extra_models):
-        assert load_final_model(case, models / name) > 0
+        assert load_final_model(case, models / name, models) > 0
     # rank 0 alone reports: one process wrote TensorBoard event files (events.out.tfevents.<time>.<host>.<pid>.<n>)
     writers = {p.name.split(".")[-2] for p in (out / "eval").rglob("events.out.tfevents.*")}
     assert len(writers) == 1, f"TensorBoard event files from {len(writers)} processes: {sorted(writers)}"

@@ -92,7 +92,12 @@ def load_sd_parts(
 
     name = str(name_or_path)
     if build_tiny:
-        build_tiny_sd_parts(name, seed=seed)
+        # under torchrun every rank loads the same folder: rank 0 writes it, the others wait until it is complete
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not distributed or torch.distributed.get_rank() == 0:
+            build_tiny_sd_parts(name, seed=seed)
+        if distributed:
+            torch.distributed.barrier()
     is_local = os.path.exists(os.path.expanduser(name)) or name.startswith((".", "/", "~"))
     if is_local:
         folder = Path(name).expanduser()
