@@ -468,3 +468,68 @@ def test_msd_slices_keeps_label_values_of_256_and_above(tmp_path: Path) -> None:
     doc3d = read_datalist(get_converter("msd").convert(task, tmp_path / "vol", label_mapping={"1": 300}))
     assert doc3d["label_mapping"] == {"orig_labels": [1], "target_labels": [300]}
     assert doc3d["labels"] == {"0": "background", "300": "organ and lesion"}
+
+
+# ------------------------------------------------------------------------------------------------ your own folder
+def _own_2d(root: Path, n: int = 5, labels: bool = True, size=(40, 32)) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    if labels:
+        (root / "labels").mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(root / "images" / f"img{i}.png")
+        if labels:
+            m = np.zeros(size[::-1], np.uint8)
+            m[5:15, 5:20] = 1
+            Image.fromarray(m).save(root / "labels" / f"img{i}.png")
+    return root
+
+
+def test_folder_of_unlabelled_images_is_an_inference_only_datalist(tmp_path):
+    src = _own_2d(tmp_path / "mine", labels=False)
+    path = get_converter("folder").convert(src, tmp_path / "out", text="Dense nuclei.")
+    doc = read_datalist(path)
+    assert "training" not in doc and [e["case_id"] for e in doc["test"]] == [f"img{i}" for i in range(5)]
+    cases = load_datalist(path, "test")
+    assert all(Path(c["image"]).is_file() and c["text"] == "Dense nuclei." and "label" not in c for c in cases)
+    assert doc["spatial_dims"] == 2 and doc["labels"] == {"0": "background", "1": "foreground"}
+
+
+def test_folder_with_labels_splits_and_texts_come_from_a_file(tmp_path):
+    src = _own_2d(tmp_path / "mine", n=10)
+    texts = tmp_path / "texts.csv"
+    texts.write_text("image,text\n" + "".join(f"img{i}.png,Case {i} text.\n" for i in range(10)))
+    path = get_converter("folder").convert(src, tmp_path / "out", text_file=str(texts), val_fraction=0.2,
+                                           test_fraction=0.2, label_names=["nucleus"], modality="histology")
+    doc = read_datalist(path)
+    assert (len(doc["training"]), len(doc["validation"]), len(doc["test"])) == (6, 2, 2)
+    case = load_datalist(path, "training")[0]
+    assert Path(case["label"]).is_file() and case["text"] == f"Case {case['case_id'][3:]} text."
+    assert doc["labels"] == {"0": "background", "1": "nucleus"} and doc["modality"] == {"0": "histology"}
+
+
+def test_folder_3d_pairs_and_bad_input_is_named(tmp_path):
+    conv = get_converter("folder")
+    src = tmp_path / "vol"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    aff = np.diag([1.5, 1.5, 2.0, 1.0])
+    for i in range(3):
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 6), np.float32), aff), str(src / "images" / f"ct{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.ones((8, 8, 6), np.uint8), aff), str(src / "labels" / f"ct{i}.nii.gz"))
+    doc = read_datalist(conv.convert(src, tmp_path / "o3", text="CT.", split="test"))
+    assert doc["spatial_dims"] == 3 and len(doc["test"]) == 3 and all("label" in e for e in doc["test"])
+    with pytest.raises(BadInputError, match="every case needs a text"):
+        conv.convert(src, tmp_path / "o4")
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 5), np.uint8), aff), str(src / "labels" / "ct1.nii.gz"))
+    with pytest.raises(BadInputError, match="ct1.nii.gz.*differ in shape"):
+        conv.convert(src, tmp_path / "o5", text="CT.")
+    (src / "labels" / "ct1.nii.gz").unlink()
+    with pytest.raises(BadInputError, match="ct1.nii.gz: image without a label"):
+        conv.convert(src, tmp_path / "o6", text="CT.")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(src / "images" / "x.png")
+    with pytest.raises(BadInputError, match="mixes 2D images and 3D"):
+        conv.convert(src, tmp_path / "o7", text="CT.")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInputError, match="missing images folder"):
+        conv.convert(tmp_path / "empty", tmp_path / "o8", text="CT.")

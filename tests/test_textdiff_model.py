@@ -220,7 +220,8 @@ def test_split_uncertainty_is_decided_by_num_classes_not_guessed():
     p.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / "textdiff" / "configs" / "inference.json"))
     split_t = p.get_parsed_content("postprocessing").transforms[0]
     assert isinstance(split_t, SplitUncertaintyd) and split_t.num_classes == p["network_def"]["num_classes"] == 2
-    saver = p["postprocessing"]["transforms"][-1]  # the uncertainty writer: float32 TIFF, unscaled
+    saver = next(t for t in p["postprocessing"]["transforms"] if t.get("output_postfix") == "uncertainty")
+    # the uncertainty writer: float32 TIFF, unscaled
     assert saver["keys"] == "uncertainty" and saver["output_ext"] == ".tif" and saver["scale"] is None
     assert saver["output_dtype"] == "$numpy.float32"
 

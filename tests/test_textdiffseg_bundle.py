@@ -336,3 +336,31 @@ def test_postprocessing_splits_uncertainty_only_when_present(data):
     for t in split:
         plain = t(plain)
     assert plain["pred"].shape[0] == n and torch.count_nonzero(plain["uncertainty"]) == 0
+
+
+def test_typed_prompt_replaces_the_dataset_prompts(tiny_bert_dir):
+    """Dataset-prompt mode (the paper's): a typed prompt conditions every image instead of the dataset prompts,
+    also when the evaluator passes (empty) case texts; with use_case_text the case text wins."""
+    from scripts.text import TextConditioner, TextGuidedInferer
+
+    from common.text_encoder import FrozenTextEncoder
+
+    seen = []
+
+    def sampler(inputs, network, context, context_mask, **kw):
+        seen.append((context.clone(), context_mask.clone()))
+        return torch.zeros(inputs.shape[0], 3, *inputs.shape[2:])
+
+    enc = FrozenTextEncoder(str(tiny_bert_dir), truncation=False, padding="longest")
+    dataset = TextConditioner(enc, dataset_prompts=["computerized tomography of a liver", "liver tumor"])
+    image = torch.zeros(2, 1, 4, 4, 4)
+    TextGuidedInferer(sampler, dataset)(image, None)
+    TextGuidedInferer(sampler, dataset, prompt="the liver")(image, None, text=["", ""])
+    TextGuidedInferer(sampler, dataset, prompt="  ")(image, None)  # blank: no prompt
+    ref_prompt, _ = dataset.encode_sentences([["the liver"]] * 2)
+    ref_dataset, _ = dataset.encode_sentences([dataset.dataset_prompts] * 2)
+    assert torch.equal(seen[0][0], ref_dataset) and torch.equal(seen[2][0], ref_dataset)
+    assert torch.equal(seen[1][0], ref_prompt) and not torch.equal(seen[1][0][:, : ref_dataset.shape[1]], ref_dataset)
+    per_case = TextConditioner(enc, use_case_text=True)
+    TextGuidedInferer(sampler, per_case, prompt="the liver")(image, None, text=["liver tumor", "a cyst"])
+    assert torch.equal(seen[3][0], per_case.encode_sentences([["liver tumor"], ["a cyst"]])[0])

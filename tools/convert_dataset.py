@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         path = get_converter(args.name).convert(args.src, args.dst, **options)
         doc = read_datalist(path)
         counts = {k: len(doc[k]) for k in datalist_splits(doc)}
-        load_datalist(path, "training")  # re-read with file checks: what a bundle will do
+        for split in counts:  # re-read with file checks: what a bundle will do
+            load_datalist(path, split, allow_empty=True)
     except BadInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

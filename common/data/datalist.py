@@ -100,7 +100,8 @@ def validate_datalist(
         base_dir: when given, every ``image``/``label`` path (relative to ``base_dir``) must exist.
 
     Checks: required top-level keys, ``spatial_dims`` in {2, 3}, ``labels`` with a "0" entry, a non-empty
-    ``training`` split, every split a list of entries with ``case_id``, ``image``, non-empty ``text`` (and
+    ``training`` split (an inference-only datalist, whose only splits are non-empty :data:`UNLABELLED_SPLITS`, may
+    omit it), every split a list of entries with ``case_id``, ``image``, non-empty ``text`` (and
     ``label`` outside :data:`UNLABELLED_SPLITS`), no case id used twice (within or across splits).
     """
     if not isinstance(datalist, Mapping):
@@ -118,9 +119,11 @@ def validate_datalist(
             raise BadInputError(source, f"{key!r} keys must be integer strings, got {bad}")
     if "0" not in datalist["labels"]:
         raise BadInputError(source, "'labels' must name class \"0\" (background)")
-    if "training" not in datalist:
+    splits = [k for k, v in datalist.items() if _is_split(k, v)]
+    inference_only = bool(splits) and all(k in UNLABELLED_SPLITS for k in splits) and any(datalist[k] for k in splits)
+    if "training" not in datalist and not inference_only:
         raise BadInputError(source, "missing split 'training'")
-    if not datalist["training"]:
+    if "training" in datalist and not datalist["training"]:
         raise BadInputError(source, "split 'training' is empty")
     seen: dict[str, str] = {}
     for split, entries in datalist.items():

@@ -186,7 +186,8 @@ class TextGuidedInferer:
     i.e. the contract's "sum over foreground classes of the per-class variances" (bundles/README.md, "Outputs").
 
     A typed ``prompt`` (the config's ``prompt``, MONAI Label's ``text`` option through ``displayable_configs``)
-    applies to every image of a call that gets no ``text``: in dataset-prompt mode it replaces the dataset prompts;
+    applies to every image: in dataset-prompt mode it replaces the dataset prompts (with ``use_case_text`` each
+    case's own text wins and the prompt is ignored);
     in class-prompt mode it must be one of the class prompts (case and surrounding spaces ignored; anything else is
     a :class:`BadInputError` listing them, since the binary network only learnt those) and only that structure is
     segmented, in its own channel ``k + 1`` of the same (B, K + 1, ...) output, the other classes staying 0.
@@ -227,7 +228,7 @@ class TextGuidedInferer:
             text = [text] * batch
         kw = {} if return_uncertainty is None else {"return_uncertainty": return_uncertainty}
         if not self.class_prompts:
-            if text is None and self.prompt is not None:
+            if self.prompt is not None and not self.conditioner.use_case_text:
                 ctx, mask = self.conditioner.encode_sentences([[self.prompt]] * batch)
                 ctx, mask = ctx.to(inputs.device), mask.to(inputs.device)
             else:
