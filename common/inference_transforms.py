@@ -9,6 +9,7 @@ output shared by every bundle (bundles/README.md, "Outputs").
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from os import PathLike
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from monai.transforms import Spacingd as _MonaiSpacingd
 from common.checks import resolve_texts
 from common.errors import BadInputError
 
-__all__ = ["FillTextd", "PathSafeSpacingd", "ResizeToOriginald", "SplitUncertaintyd", "foreground_variance"]
+__all__ = ["FillCaseIdd", "FillTextd", "PathSafeSpacingd", "ResizeToOriginald", "SplitUncertaintyd", "foreground_variance"]
 
 
 def foreground_variance(samples: torch.Tensor, sample_dim: int = 0, channel_dim: int = 2) -> torch.Tensor:
@@ -53,6 +54,37 @@ def foreground_variance(samples: torch.Tensor, sample_dim: int = 0, channel_dim:
     channels = var.shape[c_dim]
     foreground = var.narrow(c_dim, 1, channels - 1) if channels > 1 else var
     return foreground.sum(dim=c_dim, keepdim=True)
+
+
+class FillCaseIdd(MapTransform):
+    """Give an item without a case id the file name of its image, without folder and extension.
+
+    Datalists from the converters always carry ``case_id``; MONAI Label's datastore items (training and
+    validation) carry only ``image`` and ``label`` paths, and engines that pass case ids on (feature caches, error
+    messages) would fail with a ``KeyError``. Runs on the item before the image is loaded (``source_key`` a path).
+
+    Args:
+        keys: the case id key (``"case_id"``).
+        source_key: the key whose path names the case (``"image"``).
+    """
+
+    def __init__(self, keys: str = "case_id", source_key: str = "image") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.source_key = source_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        from common.data.converters.base import case_key
+
+        d = dict(data)
+        for key in self.keys:
+            if d.get(key) in (None, ""):
+                source = d.get(self.source_key)
+                if isinstance(source, (list, tuple)) and source:
+                    source = source[0]
+                if not isinstance(source, (str, PathLike)):
+                    raise BadInputError(f"{key}", f"no {key!r} and no file path under {self.source_key!r} to name the case")
+                d[key] = case_key(source)
+        return d
 
 
 class FillTextd(MapTransform):

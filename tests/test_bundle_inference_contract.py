@@ -79,3 +79,16 @@ def test_monailabel_text_option_reaches_the_inferer(bundle, attr):
     finally:
         if scope is not None:
             scope.__exit__(*sys.exc_info())
+
+
+@pytest.mark.parametrize("bundle", sorted(SEED_ALIASES))
+def test_train_handlers_are_a_list_of_dicts_for_monai_label(bundle):
+    """MONAI Label's BundleTrainTask calls ``.get("_target_")`` on every ``train#handlers`` entry (to find or insert
+    its CheckpointLoader) and overrides ``validate#dataset#data`` with its validation split: a bare ``"@ref"`` entry
+    or a missing ``validate`` section made its /train request fail (found with tools/monailabel_check.py)."""
+    for cfg in sorted((BUNDLES / bundle / "configs").glob("train*.json")):
+        p = _parser(bundle, cfg.name)
+        handlers = p["train"]["handlers"]
+        assert isinstance(handlers, list) and all(isinstance(h, dict) and "_target_" in h for h in handlers), cfg
+    p = _parser(bundle, "train.json")
+    assert isinstance(p["validate"]["dataset"]["data"], (list, str))

@@ -7,7 +7,9 @@ own virtual environment (``bash tools/setup_monailabel_env.sh``, ~8.5 GB, ~9 min
 ``<bundle>/models/model.pt`` (default ``demo_output`` of ``tools/run_demo.sh``; missing weights are trained briefly).
 The work is ``tools/monailabel_check.py``: the packaged bundles in the ``monaibundle`` app, ``monailabel
 start_server`` on 127.0.0.1, ``/info`` and ``/infer/<bundle>`` per bundle (typed text for the text-guided ones), the
-returned label files checked (shape, affine, label values, non-empty, Dice against the case's ground truth).
+returned label files checked (shape, affine, label values, non-empty, Dice against the case's ground truth); then
+per bundle a server whose datastore holds training cases, ``/train`` for one epoch with MONAI Label's defaults and
+``/infer`` with the fine-tuned weights.
 """
 
 from __future__ import annotations
@@ -42,3 +44,5 @@ def test_real_monailabel_server_serves_every_bundle(tmp_path: Path) -> None:
     done = {(c["bundle"], c["request"]) for c in report["checks"] if c["ok"]}
     assert {b for b, _ in done} == {"textdiff", "cdal", "textdiffseg", "diffboost"}
     assert ("textdiffseg", "typed prompt selects the kidney") in done
+    for b in ("textdiff", "cdal", "textdiffseg", "diffboost"):  # MONAI Label's /train, then /infer with the result
+        assert (b, "train 1 epoch (val_split 0.2)") in done and (b, "infer after training") in done

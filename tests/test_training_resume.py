@@ -485,3 +485,48 @@ def test_tensorboard_event_file_only_on_rank_zero(tmp_path, monkeypatch):
     engine.run([0, 1], max_epochs=1)  # the null writer takes the scalars
     h.close()
     assert not (tmp_path / "rank1").exists() or not list((tmp_path / "rank1").glob("*"))
+
+
+def test_new_training_data_start_a_new_run_and_archive_the_old_checkpoints(tmp_path, caplog):
+    """The same command on the same data resumes; on other data (MONAI Label training again after new labels) a new
+    run starts from the weights the network was given, and the old run's checkpoints move to previous_run_1/."""
+    from monai.data import DataLoader, Dataset
+
+    from common.training.resume import training_data_fingerprint
+
+    def run(cases, max_epochs, net, **kw):
+        torch.manual_seed(0)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        data = [{"case_id": c, "x": [float(i), 1.0]} for i, c in enumerate(cases)]
+        loader = DataLoader(Dataset(data), batch_size=1)
+
+        def step(engine, batch):
+            opt.zero_grad()
+            loss = net(torch.stack(batch["x"], 1).float()).pow(2).mean()
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        engine = Engine(step)
+        handler = ResumableCheckpointer(tmp_path, {"model": net, "optimizer": opt}, **kw)
+        handler.attach(engine)
+        engine.run(loader, max_epochs=max_epochs)
+        return engine, handler
+
+    net = torch.nn.Linear(2, 1)
+    engine, _ = run(["a", "b"], 2, net)
+    fp = training_data_fingerprint(engine)
+    assert fp["cases"] == 2 and torch.load(tmp_path / checkpoint_filename(2), weights_only=True)["data"] == fp
+    engine, h = run(["a", "b"], 3, torch.nn.Linear(2, 1))  # same data: resumes at epoch 2
+    assert h.resumed_from == tmp_path / checkpoint_filename(2) and engine.state.iteration == 6
+    given = torch.nn.Linear(2, 1)
+    start = {k: v.clone() for k, v in given.state_dict().items()}
+    with caplog.at_level(logging.WARNING):
+        engine, h = run(["a", "b", "c"], 2, given)  # other data, max_epochs below the old run's 3: no error
+    assert h.resumed_from is None and engine.state.epoch == 2 and engine.state.iteration == 6
+    assert "trained on other data (2 case(s), now 3)" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "previous_run_1").iterdir()) == [checkpoint_filename(e) for e in (2, 3)]
+    assert [e for e, _ in list_checkpoints(tmp_path)] == [1, 2]
+    assert not all(torch.equal(start[k], v) for k, v in given.state_dict().items())  # it trained from `given`
+    engine, h = run(["a"], 3, torch.nn.Linear(2, 1), restart_on_new_data=False)  # opt out: resumes regardless
+    assert h.resumed_from == tmp_path / checkpoint_filename(2)

@@ -23,7 +23,12 @@ Steps (each timed, written to ``<work>/report.json`` and printed as a table):
    TextDiffSeg also without text and with a prompt that selects one structure): the returned label file must have
    the image's spatial shape (and, for NIfTI, its affine), label values among the bundle's classes, be non-empty
    and overlap the case's ground truth (foreground Dice >= 0.5: a transposed or shifted label fails);
-8. the server is stopped (SIGTERM to its process group, SIGKILL after 20 s).
+8. the server is stopped (SIGTERM to its process group, SIGKILL after 20 s);
+9. ``/train`` (unless ``--skip-train``): MONAI Label has one datastore per server, so each bundle gets its own server
+   whose datastore holds 8 training cases of its dataset (images + ``labels/final``); ``POST
+   /train/<bundle>?run_sync=true`` for one epoch with MONAI Label's defaults (val_split 0.2, fine-tuning the served
+   ``models/model.pt``, which must be rewritten), then ``/infer`` on a datastore image must still return a valid
+   label (Dice reported, not required: one epoch on 6 images may move it).
 """
 
 from __future__ import annotations
@@ -90,9 +95,23 @@ class Report:
         return self.info_ok and bool(self.checks) and all(c.ok for c in self.checks)
 
 
-def fold_demo_overrides(bundle_dir: Path) -> None:
+#: train.json settings for fine-tuning inside MONAI Label on top of demo.json (whose settings train from scratch):
+#: - DiffBoost fine-tunes its segmentation network (stage (d)) on the datastore's images alone -- the demo's chained
+#:   ControlNet + synthesis stages need the datalist of the CLI run, and synthetic images exist only after stage
+#:   (c) -- writing models/model.pt, the file MONAI Label serves;
+#: - TextDiff at the paper's learning rate 1e-4: the datastore has no text, so every image gets default_text, and
+#:   with the demo's from-scratch 1e-3 three Adam steps on one constant text collapse the head (validation Dice
+#:   0.92 -> 0.05, measured; 0.88 at 1e-4, 0.87 at 1e-3 with per-case texts).
+MONAILABEL_TRAIN = {
+    "diffboost": {"demo_full_pipeline": False, "use_synthetic": False, "model_name": "model.pt"},
+    "textdiff": {"learning_rate": 0.0001},
+}
+
+
+def fold_demo_overrides(bundle_dir: Path, train_extra: dict | None = None) -> None:
     """Merge ``configs/demo.json`` (top-level keys only, bundles/README.md) into the bundle's other JSON configs,
-    so that a reader of ``inference.json`` alone (MONAI Label) gets the demo-size settings."""
+    so that a reader of ``inference.json`` alone (MONAI Label) gets the demo-size settings; ``train_extra`` goes on
+    top of ``train.json``."""
     demo_path = bundle_dir / "configs" / "demo.json"
     demo = json.loads(demo_path.read_text())
     for name in ("inference.json", "train.json", "evaluate.json"):
@@ -100,6 +119,8 @@ def fold_demo_overrides(bundle_dir: Path) -> None:
         if path.is_file():
             config = json.loads(path.read_text())
             config.update({k: v for k, v in demo.items() if k != "demo_dataset"})
+            if name == "train.json":
+                config.update(train_extra or {})
             path.write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -142,7 +163,7 @@ MIN_DICE = 0.5
 
 
 def check_label(label_path: Path, image_path: Path, truth_path: Path | None, n_classes: int,
-                expect: tuple[set, set] | None) -> tuple[bool, str]:
+                expect: tuple[set, set] | None, min_dice: float | None = MIN_DICE) -> tuple[bool, str]:
     import numpy as np
 
     label, label_affine = load_spatial(label_path)
@@ -170,9 +191,89 @@ def check_label(label_path: Path, image_path: Path, truth_path: Path | None, n_c
         a, b = np.rint(label[0]) > 0, np.rint(truth[0]) > 0
         dice = 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
         detail += f", foreground Dice vs ground truth {dice:.3f}"
-        if dice < MIN_DICE:
-            problems.append(f"foreground Dice {dice:.3f} < {MIN_DICE} (misaligned or wrong label?)")
+        if min_dice is not None and dice < min_dice:
+            problems.append(f"foreground Dice {dice:.3f} < {min_dice} (misaligned or wrong label?)")
     return not problems, detail + ("; " + "; ".join(problems) if problems else "")
+
+
+def infer_and_check(base: str, bundle: str, name: str, params: dict, image_id: str, image_path: Path, case: dict,
+                    n_classes: int, labels_dir: Path, min_dice: float | None = MIN_DICE) -> Check:
+    """``POST /infer/<bundle>?image=<id>&output=image`` and :func:`check_label` on the returned file."""
+    check = Check(bundle, name)
+    body, ctype = multipart({"params": json.dumps({**params, "device": "cpu"})})
+    query = urllib.parse.urlencode({"image": image_id, "output": "image"})
+    t = time.perf_counter()
+    status, headers, content = http(f"{base}/infer/{bundle}?{query}", body, {"Content-Type": ctype})
+    check.seconds = time.perf_counter() - t
+    if status != 200:
+        check.detail = f"HTTP {status}: {content[:2000].decode(errors='replace')}"
+        return check
+    disposition = headers.get("content-disposition") or headers.get("Content-Disposition") or ""
+    fname = disposition.split("filename=")[-1].strip('"; ') if "filename=" in disposition else "label.nii.gz"
+    ext = ".nii.gz" if fname.endswith(".nii.gz") else Path(fname).suffix
+    label_path = labels_dir / f"{bundle}_{name.replace(' ', '_').replace('(', '').replace(')', '')}{ext}"
+    label_path.write_bytes(content)
+    check.label_file = str(label_path)
+    try:
+        truth = Path(case["label"]) if case.get("label") else None
+        check.ok, check.detail = check_label(label_path, image_path, truth, n_classes, EXPECTED_VALUES.get(name),
+                                             min_dice)
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        check.detail = f"unreadable label file {label_path}: {type(e).__name__}: {e}"
+    return check
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def train_and_check(venv: Path, app: Path, work: Path, bundle: str, cases: list[dict], port: int,
+                    timeout: float) -> list[Check]:
+    """A server whose datastore holds ``cases`` (images + ``labels/final``) of the bundle's dataset; ``POST
+    /train/<bundle>?run_sync=true`` with MONAI Label's defaults (``val_split`` 0.2, pretrained ``models/model.pt``)
+    for one epoch; the served ``models/model.pt`` must change, and ``/infer`` must still return a valid label."""
+    studies = work / "train_studies" / bundle
+    (studies / "labels" / "final").mkdir(parents=True)
+    ids = []
+    for case in cases:
+        image, label = Path(case["image"]), Path(case["label"])
+        suffix = ".nii.gz" if image.name.endswith(".nii.gz") else image.suffix
+        lsuffix = ".nii.gz" if label.name.endswith(".nii.gz") else label.suffix
+        shutil.copy2(image, studies / f"{case['case_id']}{suffix}")
+        shutil.copy2(label, studies / "labels" / "final" / f"{case['case_id']}{lsuffix}")
+        ids.append((case["case_id"], studies / f"{case['case_id']}{suffix}", case))
+    model = app / "model" / bundle / "models" / "model.pt"
+    before = _sha256(model)
+    base = f"http://127.0.0.1:{port}"
+    log = work / f"server_train_{bundle}.log"
+    proc = start_server(venv, app, studies, [bundle], port, log)
+    checks = []
+    try:
+        wait_for_info(base, proc, timeout, log)
+        check = Check(bundle, "train 1 epoch (val_split 0.2)")
+        t = time.perf_counter()
+        body = json.dumps({"max_epochs": 1, "device": "cpu", "multi_gpu": False}).encode()
+        status, _, content = http(f"{base}/train/{bundle}?run_sync=true", body, {"Content-Type": "application/json"})
+        check.seconds = time.perf_counter() - t
+        changed = model.is_file() and _sha256(model) != before
+        check.ok = status == 200 and changed
+        check.detail = (f"HTTP {status}, models/model.pt {'rewritten' if changed else 'NOT changed'}"
+                        + ("" if status == 200 else f": {content[:1500].decode(errors='replace')}; log {log}"))
+        checks.append(check)
+        image_id, image_path, case = ids[0]
+        n_classes = 3 if bundle == "textdiffseg" else 2
+        params = {"text": case["text"]} if bundle == "textdiff" else {}
+        labels_dir = work / "labels_after_training"
+        labels_dir.mkdir(exist_ok=True)
+        checks.append(infer_and_check(base, bundle, "infer after training", params, image_id, image_path, case,
+                                      n_classes, labels_dir, min_dice=None))
+    except RuntimeError as e:
+        checks.append(Check(bundle, "train 1 epoch (val_split 0.2)", False, None, str(e)))
+    finally:
+        stop_server(proc)
+    return checks
 
 
 def start_server(venv: Path, app: Path, studies: Path, bundles: list[str], port: int, log: Path) -> subprocess.Popen:
@@ -253,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundles", nargs="*", default=list(REQUESTS), help="bundles to serve (default: all four)")
     ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
     ap.add_argument("--startup-timeout", type=float, default=600.0)
+    ap.add_argument("--skip-train", action="store_true", help="skip the /train phase (one extra server per bundle)")
     args = ap.parse_args(argv)
 
     venv, work = Path(args.venv).resolve(), Path(args.work).resolve()
@@ -271,12 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
 
     t = time.perf_counter()
-    print("[monailabel] 1/8 demo data", flush=True)
+    print("[monailabel] 1/9 demo data", flush=True)
     datalists = prepare_demo_data(work / "data")
     report.timings_s["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    print("[monailabel] 2/8 weights", flush=True)
+    print("[monailabel] 2/9 weights", flush=True)
     from common.data import load_datalist
 
     weights: dict[str, Path] = {}
@@ -300,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     report.timings_s["weights"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    print("[monailabel] 3/8 app with the packaged bundles", flush=True)
+    print("[monailabel] 3/9 app with the packaged bundles", flush=True)
     app = work / "app"
     shutil.copytree(venv / "monailabel" / "sample-apps" / "monaibundle", app)
     (app / "model").mkdir(exist_ok=True)
@@ -308,12 +410,12 @@ def main(argv: list[str] | None = None) -> int:
         dest, _ = package_bundle(REPO_ROOT / "bundles" / b, work / "packages")
         target = app / "model" / b
         shutil.copytree(dest, target)
-        fold_demo_overrides(target)
+        fold_demo_overrides(target, MONAILABEL_TRAIN.get(b))
         (target / "models").mkdir(exist_ok=True)
         shutil.copy2(weights[b], target / "models" / "model.pt")
     report.timings_s["app"] = time.perf_counter() - t
 
-    print("[monailabel] 4/8 studies", flush=True)
+    print("[monailabel] 4/9 studies", flush=True)
     studies = work / "studies"
     studies.mkdir()
     images: dict[str, tuple[str, Path, dict]] = {}
@@ -332,19 +434,19 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://127.0.0.1:{port}"
     log = work / "server.log"
     report.server_log = str(log)
-    print(f"[monailabel] 5/8 monailabel start_server on {base} (log {log})", flush=True)
+    print(f"[monailabel] 5/9 monailabel start_server on {base} (log {log})", flush=True)
     t = time.perf_counter()
     proc = start_server(venv, app, studies, args.bundles, port, log)
     try:
         info = wait_for_info(base, proc, args.startup_timeout, log)
         report.timings_s["server_start"] = time.perf_counter() - t
         print(f"[monailabel]   server up in {report.timings_s['server_start']:.1f} s", flush=True)
-        print("[monailabel] 6/8 /info", flush=True)
+        print("[monailabel] 6/9 /info", flush=True)
         report.info_ok, report.info_detail = check_info(info, args.bundles)
         print(f"[monailabel]   {'ok' if report.info_ok else 'FAILED'}: {report.info_detail}", flush=True)
         (work / "info.json").write_text(json.dumps(info, indent=2))
 
-        print("[monailabel] 7/8 /infer", flush=True)
+        print("[monailabel] 7/9 /infer", flush=True)
         labels_dir = work / "labels"
         labels_dir.mkdir()
         for b in args.bundles:
@@ -352,27 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             n_classes = len(info.get("models", {}).get(b, {}).get("labels") or {}) + 1
             for name, params in REQUESTS[b]:
                 params = {k: (case.get("text") if v == "<case text>" else v) for k, v in params.items()}
-                check = Check(b, name)
-                body, ctype = multipart({"params": json.dumps({**params, "device": "cpu"})})
-                query = urllib.parse.urlencode({"image": image_id, "output": "image"})
-                t_inf = time.perf_counter()
-                status, headers, content = http(f"{base}/infer/{b}?{query}", body, {"Content-Type": ctype})
-                check.seconds = time.perf_counter() - t_inf
-                if status != 200:
-                    check.detail = f"HTTP {status}: {content[:2000].decode(errors='replace')}"
-                else:
-                    disposition = headers.get("content-disposition") or headers.get("Content-Disposition") or ""
-                    fname = disposition.split("filename=")[-1].strip('"; ') if "filename=" in disposition else "label.nii.gz"
-                    ext = ".nii.gz" if fname.endswith(".nii.gz") else Path(fname).suffix
-                    label_path = labels_dir / f"{b}_{name.replace(' ', '_').replace('(', '').replace(')', '')}{ext}"
-                    label_path.write_bytes(content)
-                    check.label_file = str(label_path)
-                    try:
-                        truth = Path(case["label"]) if case.get("label") else None
-                        check.ok, check.detail = check_label(label_path, image_path, truth, n_classes,
-                                                             EXPECTED_VALUES.get(name))
-                    except Exception as e:  # noqa: BLE001 - reported, not raised
-                        check.detail = f"unreadable label file {label_path}: {type(e).__name__}: {e}"
+                check = infer_and_check(base, b, name, params, image_id, image_path, case, n_classes, labels_dir)
                 report.checks.append(check)
                 print(f"[monailabel]   {b} [{name}] {'ok' if check.ok else 'FAILED'} in {check.seconds:.1f} s: "
                       f"{check.detail}", flush=True)
@@ -380,8 +462,19 @@ def main(argv: list[str] | None = None) -> int:
         report.info_detail = report.info_detail or str(e)
         print(f"error: {e}", file=sys.stderr)
     finally:
-        print("[monailabel] 8/8 stopping the server", flush=True)
+        print("[monailabel] 8/9 stopping the server", flush=True)
         stop_server(proc)
+    if not args.skip_train and report.info_ok:
+        print("[monailabel] 9/9 /train: one server per bundle, its dataset's training cases in the datastore", flush=True)
+        t = time.perf_counter()
+        for b in args.bundles:
+            dataset = json.loads((REPO_ROOT / "bundles" / b / "configs" / "demo.json").read_text())["demo_dataset"]
+            cases = load_datalist(datalists[dataset], "training")[:8]
+            for check in train_and_check(venv, app, work, b, cases, free_port(), args.startup_timeout):
+                report.checks.append(check)
+                print(f"[monailabel]   {b} [{check.request}] {'ok' if check.ok else 'FAILED'} in "
+                      f"{check.seconds or 0:.1f} s: {check.detail}", flush=True)
+        report.timings_s["train_phase"] = time.perf_counter() - t
     report.timings_s["total"] = time.perf_counter() - t_all
     (work / "report.json").write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
     print("\n| bundle | request | result | seconds | detail |\n|---|---|---|---|---|")

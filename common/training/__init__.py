@@ -21,6 +21,7 @@ from common.training.checkpoint import (
     to_weights_only_safe,
 )
 from common.training.handlers import (
+    AttachHandler,
     EpochAverageLoss,
     LossOutput,
     ProgressBarHandler,
@@ -44,6 +45,7 @@ __all__ = [
     "remove_stale_temp_files",
     "save_training_checkpoint",
     "to_weights_only_safe",
+    "AttachHandler",
     "EpochAverageLoss",
     "LossOutput",
     "ProgressBarHandler",

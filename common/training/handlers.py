@@ -36,6 +36,7 @@ from ignite.metrics import Average
 from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
 
 __all__ = [
+    "AttachHandler",
     "LossOutput",
     "EpochAverageLoss",
     "ProgressBarHandler",
@@ -189,3 +190,26 @@ class RankZeroTensorBoardStatsHandler(TensorBoardStatsHandler):
         if summary_writer is None and _rank() != 0:
             summary_writer = _NullSummaryWriter()
         super().__init__(summary_writer=summary_writer, log_dir=log_dir, **kwargs)
+
+
+class AttachHandler:
+    """A ``train#handlers`` entry for a handler defined elsewhere in the config: ``attach(engine)`` attaches it.
+
+    Bundle configs define some handlers at top level because other components need them too (e.g. an ignite
+    ``EMAHandler`` whose ``ema_model`` the checkpointer saves). Listing them as ``"@ema"`` works for
+    ``monai.bundle run``, but MONAI Label edits ``train#handlers`` as a list of dicts (it calls ``.get`` on every
+    entry to find its ``CheckpointLoader``), so a bare reference makes its training request fail. Write instead::
+
+        {"_target_": "common.training.AttachHandler", "handler": "@ema"}
+
+    Args:
+        handler: anything with ``attach(engine)`` (MONAI handlers, ignite ``EMAHandler`` with its defaults).
+    """
+
+    def __init__(self, handler: Any) -> None:
+        if not callable(getattr(handler, "attach", None)):
+            raise TypeError(f"AttachHandler: {type(handler).__name__} has no attach(engine) method")
+        self.handler = handler
+
+    def attach(self, engine: Engine) -> None:
+        self.handler.attach(engine)

@@ -23,7 +23,10 @@ their logic (``Checkpoint.load_objects``-style loading, ``max_epochs`` kept from
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 import warnings
 from collections.abc import Mapping
 from os import PathLike
@@ -49,10 +52,10 @@ from common.training.checkpoint import (
 )
 from common.training.rng import RNGState
 
-__all__ = ["ResumableCheckpointer", "RESERVED_KEYS"]
+__all__ = ["ResumableCheckpointer", "RESERVED_KEYS", "training_data_fingerprint"]
 
 #: top-level checkpoint keys written by the handler itself; ``save_dict`` must not use them.
-RESERVED_KEYS = ("format", "epoch", "iteration", "engine", "rng")
+RESERVED_KEYS = ("format", "epoch", "iteration", "engine", "rng", "data")
 
 
 def _rank() -> int:
@@ -92,6 +95,12 @@ class ResumableCheckpointer:
         final_model_path: if given, at completion also write ``{"model": <state dict of final_model_key>}`` here
             atomically (e.g. ``models/model.pt`` for MONAI Label / ``ckpt_export``).
         final_model_key: which ``save_dict`` entry ``final_model_path`` exports (e.g. ``"ema"`` to ship EMA weights).
+        restart_on_new_data: a checkpoint records a fingerprint of the training data (the engine's
+            ``data_loader.dataset.data``: case ids, file paths, texts). When the data differ at start (e.g. MONAI Label
+            trains again after new labels were added to its datastore), a new run starts instead of resuming the old
+            one: the earlier checkpoints are moved to ``<checkpoint_dir>/previous_run_<k>/`` (nothing is deleted)
+            and the networks keep the weights they were given (MONAI Label's ``CheckpointLoader`` of
+            ``models/model.pt``). ``False`` resumes regardless of the data.
         strict: networks must match the checkpoint keys exactly (shape mismatches are always errors).
         map_location: ``torch.load`` map location (default CPU; tensors are copied to the objects' devices).
         save_on_rank: the distributed rank that writes files.
@@ -121,6 +130,7 @@ class ResumableCheckpointer:
         map_location: str | torch.device | None = "cpu",
         save_on_rank: int = 0,
         name: str | None = None,
+        restart_on_new_data: bool = True,
     ) -> None:
         if not save_dict:
             raise ValueError("ResumableCheckpointer: save_dict must name at least one object to save")
@@ -144,6 +154,7 @@ class ResumableCheckpointer:
         self.strict = strict
         self.map_location = map_location
         self.save_on_rank = save_on_rank
+        self.restart_on_new_data = bool(restart_on_new_data)
         self._name = name
         self.logger = logging.getLogger(name)
         self.rng: RNGState | None = None
@@ -235,6 +246,9 @@ class ResumableCheckpointer:
         state["iteration"] = int(engine.state.iteration)
         if self.rng is not None:
             state["rng"] = self.rng.state_dict()
+        data = training_data_fingerprint(engine)
+        if data is not None:
+            state["data"] = data
         return state
 
     def save(self, engine: Engine) -> Path | None:
@@ -252,6 +266,27 @@ class ResumableCheckpointer:
         return path
 
     # ------------------------------------------------------------------------------------------------ resume
+    def _data_changed(self, engine: Engine, path: Path, ckpt: Mapping[str, Any]) -> bool:
+        """True (and the old run's checkpoints archived by the writing rank) when the checkpoint was trained on other
+        data than the engine's; False when they match or either side has no fingerprint."""
+        now, then = training_data_fingerprint(engine), ckpt.get("data")
+        if now is None or not isinstance(then, Mapping) or then.get("sha256") == now["sha256"]:
+            return False
+        archive = None
+        if _rank() == self.save_on_rank:
+            k = 1
+            while (self.checkpoint_dir / f"previous_run_{k}").exists():
+                k += 1
+            archive = self.checkpoint_dir / f"previous_run_{k}"
+            archive.mkdir()
+            for _, old in list_checkpoints(self.checkpoint_dir, self.file_prefix):
+                shutil.move(str(old), str(archive / old.name))
+        self.logger.warning(
+            f"{path}: that run trained on other data ({then.get('cases')} case(s), now {now['cases']}): starting a new "
+            f"run instead of resuming it" + (f"; its checkpoints were moved to {archive}" if archive else "")
+        )
+        return True
+
     def _load_newest(self) -> tuple[Path, dict] | None:
         found = list_checkpoints(self.checkpoint_dir, self.file_prefix)
         if not found:
@@ -278,6 +313,8 @@ class ResumableCheckpointer:
             self.logger.info(f"No checkpoint in {self.checkpoint_dir}: training starts from scratch")
             return
         path, ckpt = loaded
+        if self.restart_on_new_data and self._data_changed(engine, path, ckpt):
+            return
         epoch = int(ckpt["epoch"])
         prior_max_epochs, prior_max_iters = engine.state.max_epochs, engine.state.max_iters
         if prior_max_epochs is not None and epoch > prior_max_epochs:
@@ -327,3 +364,22 @@ class ResumableCheckpointer:
                 f"{restored}. Training continues at epoch {epoch + 1} (resume is at epoch granularity: an "
                 "interrupted epoch is re-run from its start)"
             )
+
+
+def training_data_fingerprint(engine: Engine) -> dict[str, Any] | None:
+    """``{"sha256", "cases"}`` of the list of training items behind ``engine``'s data loader (MONAI datasets keep it as
+    ``dataset.data``: case ids, paths, texts), or ``None`` when the loader has no such list. Items are serialised as
+    sorted-key JSON (non-JSON values by ``str``), so the same datalist gives the same fingerprint on every rank."""
+    loader = getattr(engine.state, "dataloader", None) or getattr(engine, "data_loader", None)
+    data = getattr(getattr(loader, "dataset", None), "data", None)
+    if data is None or not hasattr(data, "__len__") or isinstance(data, (str, bytes, torch.Tensor)):
+        return None
+    try:
+        items = list(data)
+    except TypeError:
+        return None
+    h = hashlib.sha256()
+    for item in items:
+        h.update(json.dumps(item, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return {"sha256": h.hexdigest(), "cases": len(items)}
