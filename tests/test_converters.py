@@ -500,11 +500,20 @@ def test_folder_with_labels_splits_and_texts_come_from_a_file(tmp_path):
     texts = tmp_path / "texts.csv"
     texts.write_text("image,text\n" + "".join(f"img{i}.png,Case {i} text.\n" for i in range(10)))
     path = get_converter("folder").convert(src, tmp_path / "out", text_file=str(texts), val_fraction=0.2,
-                                           test_fraction=0.2, label_names=["nucleus"], modality="histology")
+                                           label_names=["nucleus"], modality="histology")
     doc = read_datalist(path)
     assert (len(doc["training"]), len(doc["validation"]), len(doc["test"])) == (6, 2, 2)
     case = load_datalist(path, "training")[0]
     assert Path(case["label"]).is_file() and case["text"] == f"Case {case['case_id'][3:]} text."
+    texts.write_text("image,text\n" + "".join(f"img{i}.png,Case {i} text.\n" for i in range(9)))
+    with pytest.raises(BadInputError, match="no text for case 'img9'"):  # the file misses img9 and no text given
+        get_converter("folder").convert(src, tmp_path / "out2", text_file=str(texts))
+    path = get_converter("folder").convert(src, tmp_path / "out3", text_file=str(texts), text="Fallback.")
+    by_id = {e["case_id"]: e for s in ("training", "validation", "test") for e in read_datalist(path)[s]}
+    assert by_id["img9"]["text"] == "Fallback." and by_id["img3"]["text"] == "Case 3 text."
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(src / "images" / "img0.jpg")
+    with pytest.raises(BadInputError, match="img0.png: same case name 'img0' as img0.jpg"):
+        get_converter("folder").convert(src, tmp_path / "out4", text="x")
     assert doc["labels"] == {"0": "background", "1": "nucleus"} and doc["modality"] == {"0": "histology"}
 
 

@@ -125,6 +125,8 @@ def test_paper_scale_configs_default_to_hed_and_stop_when_the_weights_are_missin
         "path": "@hed_weights",
     }
     assert parser["initialize"][0] == "$@hed_weights_check"  # checked before anything is loaded
+    if stage == "train_controlnet.json":  # also when multi_gpu_train.json replaces `initialize` (torchrun)
+        assert parser["train"]["trainer"]["_requires_"] == "@hed_weights_check"
     edge_weights = _edge_weights_module()
     with pytest.raises(BadInputError) as err:
         edge_weights.require_hed_weights(hed)

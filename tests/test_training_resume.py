@@ -494,7 +494,7 @@ def test_new_training_data_start_a_new_run_and_archive_the_old_checkpoints(tmp_p
 
     from common.training.resume import training_data_fingerprint
 
-    def run(cases, max_epochs, net, **kw):
+    def run(cases, max_epochs, net, folder=tmp_path, **kw):
         torch.manual_seed(0)
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
         data = [{"case_id": c, "x": [float(i), 1.0]} for i, c in enumerate(cases)]
@@ -508,7 +508,7 @@ def test_new_training_data_start_a_new_run_and_archive_the_old_checkpoints(tmp_p
             return loss.item()
 
         engine = Engine(step)
-        handler = ResumableCheckpointer(tmp_path, {"model": net, "optimizer": opt}, **kw)
+        handler = ResumableCheckpointer(folder, {"model": net, "optimizer": opt}, **kw)
         handler.attach(engine)
         engine.run(loader, max_epochs=max_epochs)
         return engine, handler
@@ -527,6 +527,33 @@ def test_new_training_data_start_a_new_run_and_archive_the_old_checkpoints(tmp_p
     assert "trained on other data (2 case(s), now 3)" in caplog.text
     assert sorted(p.name for p in (tmp_path / "previous_run_1").iterdir()) == [checkpoint_filename(e) for e in (2, 3)]
     assert [e for e, _ in list_checkpoints(tmp_path)] == [1, 2]
-    assert not all(torch.equal(start[k], v) for k, v in given.state_dict().items())  # it trained from `given`
+    fresh = torch.nn.Linear(2, 1)
+    fresh.load_state_dict(start)
+    run(["a", "b", "c"], 2, fresh, folder=tmp_path / "elsewhere")  # the same run without any old checkpoint
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in given.state_dict().items())  # it trained from `given`
     engine, h = run(["a"], 3, torch.nn.Linear(2, 1), restart_on_new_data=False)  # opt out: resumes regardless
     assert h.resumed_from == tmp_path / checkpoint_filename(2)
+
+
+def test_data_fingerprint_is_stable_and_content_based(tmp_path):
+    """Same items -> same fingerprint in any process and mount point (absolute paths count by file name); arrays count
+    by content (a one-pixel change is new data); an item with an object of no stable form gives no fingerprint."""
+    import numpy as np
+    from monai.data import DataLoader, Dataset
+
+    from common.training.resume import training_data_fingerprint
+
+    def fp(data):
+        engine = Engine(lambda e, b: None)
+        engine.data_loader = DataLoader(Dataset(data), batch_size=1)
+        return training_data_fingerprint(engine)
+
+    a = [{"case_id": "c1", "image": "/mnt/a/img/c1.png", "text": "x"}]
+    moved = [{"case_id": "c1", "image": "/scratch/b/img/c1.png", "text": "x"}]
+    assert fp(a) == fp(moved) and fp(a)["cases"] == 1
+    assert fp(a) != fp([{**a[0], "text": "y"}])
+    img = np.zeros((40, 40), np.float32)
+    other = img.copy()
+    other[7, 9] = 1.0
+    assert fp([{"image": img}]) == fp([{"image": img.copy()}]) != fp([{"image": other}])
+    assert fp([{"image": object()}]) is None

@@ -367,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown bundles {unknown}; known: {sorted(REQUESTS)}", file=sys.stderr)
         return 2
     if work.exists():
+        if any(work.iterdir()) and not (work / "report.json").is_file() and not (work / "app").is_dir():
+            print(f"error: {work} is not empty and is not an earlier check's output folder; pass another --work",
+                  file=sys.stderr)
+            return 2
         shutil.rmtree(work)
     work.mkdir(parents=True)
     report = Report(str(venv), list(args.bundles))

@@ -46,6 +46,17 @@ DISTRIBUTIONS = {
 #: packages every bundle needs at run time even if no scanned file imports them by name
 ALWAYS = ("monai", "torch", "numpy", "einops", "fire", "pytorch-ignite", "nibabel")
 EXCLUDE_DIRS = {"eval", "logs", "runs", "__pycache__", ".pytest_cache"}
+#: training state under models/ that a package does not ship (resume checkpoints with optimiser and RNG state,
+#: archived runs, cached frozen features, the demo's tiny random Stable Diffusion)
+EXCLUDE_MODEL_DIRS = ("checkpoints", "previous_run_", "feature_cache", "tiny_sd", "synthetic")
+
+
+def _ignored(folder: str, names: list[str]) -> list[str]:
+    in_models = Path(folder).name == "models"
+    return [
+        n for n in names
+        if n in EXCLUDE_DIRS or n.endswith(".pyc") or (in_models and n.startswith(EXCLUDE_MODEL_DIRS))
+    ]
 COMMON_REF = re.compile(r"\bcommon(?:\.\w+)+")
 #: the model zoo keeps files above this size out of the bundle zip (large_files.yml instead)
 LARGE_FILE_MB = 25.0
@@ -164,23 +175,32 @@ def _sha256(path: Path) -> str:
 
 
 def record_large_files(dest: Path, limit_mb: float, url_base: str | None) -> list[str]:
-    """List the files under ``dest/models`` larger than ``limit_mb`` in ``dest/large_files.yml``; return their
-    bundle-relative paths (to be left out of the zip). Entries already listed for the same path are updated."""
+    """List the files in ``dest/models`` larger than ``limit_mb`` in ``dest/large_files.yml``; return their
+    bundle-relative paths (to be left out of the zip). An entry already listed for the same path keeps its ``url``
+    (e.g. the official download of a pretrained part) and gets the file's SHA-256 if it had none."""
     import yaml
 
     large = sorted(
-        p for p in (dest / "models").rglob("*") if p.is_file() and p.stat().st_size > limit_mb * 1024 * 1024
+        p for p in (dest / "models").iterdir() if p.is_file() and p.stat().st_size > limit_mb * 1024 * 1024
     ) if (dest / "models").is_dir() else []
     if not large:
         return []
     yml = dest / "large_files.yml"
     text = yml.read_text(encoding="utf-8") if yml.is_file() else ""
     entries = (yaml.safe_load(text) or {}).get("large_files") or []
-    rel = [p.relative_to(dest).as_posix() for p in large]
-    entries = [e for e in entries if e.get("path") not in rel]
-    for path, r in zip(large, rel):
+    listed = {e.get("path"): e for e in entries}
+    for path in large:
+        r = path.relative_to(dest).as_posix()
+        if r in listed:
+            e = listed[r]
+            if not e.get("hash_val"):
+                e["hash_val"], e["hash_type"] = _sha256(path), "sha256"
+            if not e.get("url") and url_base:
+                e["url"] = f"{url_base.rstrip('/')}/{path.name}"
+            continue
         url = f"{url_base.rstrip('/')}/{path.name}" if url_base else ""
         entries.append({"path": r, "url": url, "hash_val": _sha256(path), "hash_type": "sha256"})
+    rel = [p.relative_to(dest).as_posix() for p in large]
     header = [ln for ln in text.splitlines() if ln.startswith("#")]
     header.append(f"# Added by tools/package_bundle.py: files over {limit_mb:g} MB are not in the zip"
                   + ("." if url_base else "; upload them and fill in `url`."))
@@ -212,7 +232,7 @@ def package_bundle(
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(
-        bundle, dest, ignore=lambda d, names: [n for n in names if n in EXCLUDE_DIRS or n.endswith(".pyc")]
+        bundle, dest, ignore=_ignored
     )
     seeds, third = scan_bundle(bundle)
     files, third_common = common_closure(seeds)

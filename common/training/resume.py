@@ -270,7 +270,16 @@ class ResumableCheckpointer:
         """True (and the old run's checkpoints archived by the writing rank) when the checkpoint was trained on other
         data than the engine's; False when they match or either side has no fingerprint."""
         now, then = training_data_fingerprint(engine), ckpt.get("data")
-        if now is None or not isinstance(then, Mapping) or then.get("sha256") == now["sha256"]:
+        changed = now is not None and isinstance(then, Mapping) and then.get("sha256") != now["sha256"]
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            # one decision for all ranks (the writing rank's), and every rank has finished reading the old
+            # checkpoints before the writing rank moves them
+            decision = [changed]
+            torch.distributed.broadcast_object_list(decision, src=self.save_on_rank)
+            changed = bool(decision[0])
+            torch.distributed.barrier()
+        if not changed:
             return False
         archive = None
         if _rank() == self.save_on_rank:
@@ -282,7 +291,7 @@ class ResumableCheckpointer:
             for _, old in list_checkpoints(self.checkpoint_dir, self.file_prefix):
                 shutil.move(str(old), str(archive / old.name))
         self.logger.warning(
-            f"{path}: that run trained on other data ({then.get('cases')} case(s), now {now['cases']}): starting a new "
+            f"{path}: that run trained on other data ({then.get('cases')} case(s), now {now and now['cases']}): starting a new "
             f"run instead of resuming it" + (f"; its checkpoints were moved to {archive}" if archive else "")
         )
         return True
@@ -366,20 +375,45 @@ class ResumableCheckpointer:
             )
 
 
+class _Unhashable(Exception):
+    """An item holds a value without a stable serialisation: no fingerprint."""
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON-able, run-independent form of a datalist value: arrays/tensors by dtype, shape and content hash,
+    absolute paths by their file name (a dataset mounted elsewhere is the same data), containers recursively."""
+    import numpy as np
+
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        arr = np.ascontiguousarray(arr)
+        return {"array": str(arr.dtype), "shape": list(arr.shape), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+    if isinstance(value, (str, PathLike)):
+        text = str(value)
+        return Path(text).name if Path(text).is_absolute() else text
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    raise _Unhashable(type(value).__name__)
+
+
 def training_data_fingerprint(engine: Engine) -> dict[str, Any] | None:
     """``{"sha256", "cases"}`` of the list of training items behind ``engine``'s data loader (MONAI datasets keep it as
-    ``dataset.data``: case ids, paths, texts), or ``None`` when the loader has no such list. Items are serialised as
-    sorted-key JSON (non-JSON values by ``str``), so the same datalist gives the same fingerprint on every rank."""
+    ``dataset.data``: case ids, paths, texts), or ``None`` when the loader has no such list or an item holds a value
+    without a stable form. Absolute paths count by file name, arrays by content, so the same datalist gives the same
+    fingerprint on every rank, in every process and wherever the dataset is mounted."""
     loader = getattr(engine.state, "dataloader", None) or getattr(engine, "data_loader", None)
     data = getattr(getattr(loader, "dataset", None), "data", None)
-    if data is None or not hasattr(data, "__len__") or isinstance(data, (str, bytes, torch.Tensor)):
-        return None
-    try:
-        items = list(data)
-    except TypeError:
+    if data is None or not isinstance(data, (list, tuple)):
         return None
     h = hashlib.sha256()
-    for item in items:
-        h.update(json.dumps(item, sort_keys=True, default=str).encode())
-        h.update(b"\n")
-    return {"sha256": h.hexdigest(), "cases": len(items)}
+    try:
+        for item in data:
+            h.update(json.dumps(_canonical(item), sort_keys=True).encode())
+            h.update(b"\n")
+    except _Unhashable:
+        return None
+    return {"sha256": h.hexdigest(), "cases": len(data)}

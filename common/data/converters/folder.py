@@ -6,15 +6,15 @@ Layout::
     SRC/labels/<case>.<ext>      optional; same case name (file name without extension), integer class ids
 
 Texts (every case needs one, the datalist format's rule; a text-guided bundle conditions on it): ``text_file`` (JSON
-or CSV ``image|case_id|name -> text|description``, see :func:`common.data.converters.base.load_text_file`) or one
-``text`` for every case (e.g. the prompt a bundle was trained with). Images are referenced in place (not copied).
+or CSV ``image|case_id|name -> text|description``, see :func:`common.data.converters.base.load_text_file`) and/or one
+``text`` for every case the file does not list (e.g. the prompt a bundle was trained with). Images are referenced in place (not copied).
 
 Splits: without ``SRC/labels`` every case goes to ``test`` (an inference-only datalist: segment your images with a
 trained bundle). With labels, ``split="auto"`` (default) splits the cases with
 :func:`common.data.datalist.split_cases` (``val_fraction``, ``test_fraction``, ``seed``) for training your own
 model; ``split="test"`` puts all of them in ``test`` (evaluate a trained bundle on them).
 
-Errors (:class:`BadInputError` naming the file): no images, mixed 2D/3D files, an image without its label (when
+Errors (:class:`BadInputError` naming the file): no images, two files of one case name, mixed 2D/3D files, an image without its label (when
 labels exist) or a label without its image, image/label size (2D) or shape/affine (3D) mismatch, a case without
 text, unreadable files.
 """
@@ -58,6 +58,17 @@ def _size_2d(path: Path) -> tuple[int, int]:
         raise BadInputError(path, f"cannot read the image ({err})") from None
 
 
+def _by_case(files: list[Path]) -> dict[str, Path]:
+    """``{case name: file}``; two files with one case name (``a.png`` + ``a.jpg``) are an error naming both."""
+    out: dict[str, Path] = {}
+    for f in files:
+        cid = case_key(f)
+        if cid in out:
+            raise BadInputError(f, f"same case name {cid!r} as {out[cid].name}; keep one file per case")
+        out[cid] = f
+    return out
+
+
 @register_converter("folder")
 class FolderConverter(DatasetConverter):
     """``SRC/images`` (+ ``SRC/labels``) -> datalist (see module docstring)."""
@@ -69,7 +80,8 @@ class FolderConverter(DatasetConverter):
     )
     options = {
         "split": ("auto", "'auto': labelled cases split into training/validation/test; 'test': all cases in test"),
-        "text": (None, "one sentence for every case (else text_file is required)"),
+        "test_fraction": (0.2, "with labels and split 'auto': fraction of the cases held out for test"),
+        "text": (None, "one sentence for every case (with text_file: for the cases the file does not list)"),
         "modality": ("unknown", "modality written into the datalist (e.g. CT, MRI, US, histology)"),
         "label_names": (["foreground"], "names of the classes 1..K (class 0 is background)"),
         "affine_atol": (1e-3, "3D: largest image/label affine difference accepted"),
@@ -85,10 +97,10 @@ class FolderConverter(DatasetConverter):
         dims = {3 if _is_3d(f) else 2 for f in files}
         if len(dims) > 1:
             raise BadInputError(img_dir, "mixes 2D images and 3D NIfTI volumes; keep one kind per dataset")
-        images = {case_key(f): f for f in files}
+        images = _by_case(files)
         labels: dict[str, Path] = {}
         if lbl_dir.is_dir():
-            labels = {case_key(f): f for f in visible_files(lbl_dir, SUFFIXES_2D + SUFFIXES_3D)}
+            labels = _by_case(visible_files(lbl_dir, SUFFIXES_2D + SUFFIXES_3D))
             for cid, f in labels.items():
                 if cid not in images:
                     raise BadInputError(f, f"label without an image named {cid}.* in {img_dir}")
@@ -102,6 +114,8 @@ class FolderConverter(DatasetConverter):
     def build(self, layout: FolderLayout, dst: Path, **options: Any) -> dict[str, Any]:
         table = load_text_file(options["text_file"]) if options["text_file"] else None
         text = options["text"]
+        if text is not None and not isinstance(text, str):
+            text = str(text)  # --option text=42 arrives parsed as JSON
         if table is None and (not isinstance(text, str) or not text.strip()):
             raise BadInputError(
                 "text", "every case needs a text: pass --option text='<one sentence for all cases>' or "
@@ -118,9 +132,10 @@ class FolderConverter(DatasetConverter):
                 check_pair(image, label, float(options["affine_atol"]))
 
         def entry(cid: str) -> dict[str, Any]:
+            from_file = table is not None and (cid in table or not isinstance(text, str) or not text.strip())
             e = {"case_id": cid, "image": relative_path(layout.images[cid], dst),
-                 "text": lookup_text(table, cid, options["text_file"]) if table is not None else text.strip(),
-                 "text_source": "dataset" if table is not None else "given"}
+                 "text": lookup_text(table, cid, options["text_file"]) if from_file else str(text).strip(),
+                 "text_source": "dataset" if from_file else "given"}
             if cid in layout.labels:
                 e["label"] = relative_path(layout.labels[cid], dst)
             return e
