@@ -277,3 +277,28 @@ def test_torchrun_resumes_after_kill(demo_datalists: dict[str, Path], tmp_path: 
     ckpt = torch.load(ckpt_dir / f"checkpoint_epoch={max_epochs}.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == max_epochs
     assert load_final_model(case, out / "models" / case.final_model) > 0
+
+
+def test_torchrun_on_other_data_starts_a_new_run(demo_datalists: dict[str, Path], tmp_path: Path) -> None:
+    """The same command on a datalist with one case less: both ranks agree (rank 0's decision is broadcast) to start
+    a new run instead of resuming, rank 0 archives the old checkpoints to previous_run_1/, and training finishes."""
+    import json
+
+    case = next(c for c in CASES if c.name == "textdiffseg")
+    out = tmp_path / "run"
+    bundle = BUNDLES_DIR / case.name
+    rc, text = run_to_end(torchrun_command(case, demo_datalists["msd"], out), bundle, tmp_path / "first.log")
+    assert rc == 0, text[-3000:]
+    doc = json.loads(demo_datalists["msd"].read_text())
+    doc["training"] = doc["training"][:-1]
+    fewer = demo_datalists["msd"].parent / "datalist_fewer.json"
+    fewer.write_text(json.dumps(doc))
+    rc, text = run_to_end(torchrun_command(case, fewer, out), bundle, tmp_path / "second.log")
+    assert rc == 0, f"exit {rc}; log tail:\n{text[-4000:]}"
+    for rank in (0, 1):
+        assert rank_lines(text, rank, r"trained on other data"), f"rank {rank} did not start a new run:\n{text[-3000:]}"
+        assert not rank_lines(text, rank, r"Resumed from"), f"rank {rank} resumed the old run"
+        assert rank_lines(text, rank, r"SupervisedTrainer - INFO - Epoch\[1\] Complete")
+    ckpt_dir = out / "models" / case.checkpoint_subdir
+    assert sorted(p.name for p in (ckpt_dir / "previous_run_1").iterdir()) == ["checkpoint_epoch=1.pt"]
+    assert (ckpt_dir / "checkpoint_epoch=1.pt").is_file()
