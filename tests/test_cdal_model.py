@@ -179,7 +179,7 @@ def test_inferer_tiles_2d_and_slices_3d():
     inf3 = CDALInferer(num_timesteps=2, num_samples=2, seed=0, roi_size=(32, 32, 32), overlap=0.5)
     out3 = inf3(vol, g3)
     assert out3.shape == (1, 4, 20, 36, 24)  # 3 one-hot class scores + uncertainty
-    plain = inf3.with_uncertainty(False)(vol, g3)
+    plain = inf3.with_uncertainty_channel(False)(vol, g3)
     assert plain.shape == (1, 3, 20, 36, 24) and torch.equal(plain, out3[:, :3]) and inf3.return_uncertainty
 
 

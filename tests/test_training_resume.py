@@ -478,7 +478,7 @@ def test_tensorboard_event_file_only_on_rank_zero(tmp_path, monkeypatch):
 
     RankZeroTensorBoardStatsHandler(log_dir=str(tmp_path / "rank0")).close()
     assert list((tmp_path / "rank0").glob("events.out.tfevents.*"))
-    monkeypatch.setattr(handlers_module, "_rank", lambda: 1)
+    monkeypatch.setattr(handlers_module, "process_rank", lambda: 1)
     h = RankZeroTensorBoardStatsHandler(log_dir=str(tmp_path / "rank1"), tag_name="loss", output_transform=lambda x: x)
     engine = Engine(lambda e, b: 0.5)
     h.attach(engine)

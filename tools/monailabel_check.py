@@ -53,8 +53,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from common.data.converters.base import file_suffix  # noqa: E402
 from tools.demo import prepare_demo_data, run_step  # noqa: E402
-from tools.package_bundle import package_bundle  # noqa: E402
+from tools.package_bundle import file_sha256, package_bundle  # noqa: E402
 
 #: bundle -> (demo dataset, requests: list of (name, params)); the text of "case" is the test case's own text
 REQUESTS: dict[str, list[tuple[str, dict]]] = {
@@ -210,7 +211,7 @@ def infer_and_check(base: str, bundle: str, name: str, params: dict, image_id: s
         return check
     disposition = headers.get("content-disposition") or headers.get("Content-Disposition") or ""
     fname = disposition.split("filename=")[-1].strip('"; ') if "filename=" in disposition else "label.nii.gz"
-    ext = ".nii.gz" if fname.endswith(".nii.gz") else Path(fname).suffix
+    ext = file_suffix(fname)
     label_path = labels_dir / f"{bundle}_{name.replace(' ', '_').replace('(', '').replace(')', '')}{ext}"
     label_path.write_bytes(content)
     check.label_file = str(label_path)
@@ -223,12 +224,6 @@ def infer_and_check(base: str, bundle: str, name: str, params: dict, image_id: s
     return check
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def train_and_check(venv: Path, app: Path, work: Path, bundle: str, cases: list[dict], port: int,
                     timeout: float) -> list[Check]:
     """A server whose datastore holds ``cases`` (images + ``labels/final``) of the bundle's dataset; ``POST
@@ -239,13 +234,12 @@ def train_and_check(venv: Path, app: Path, work: Path, bundle: str, cases: list[
     ids = []
     for case in cases:
         image, label = Path(case["image"]), Path(case["label"])
-        suffix = ".nii.gz" if image.name.endswith(".nii.gz") else image.suffix
-        lsuffix = ".nii.gz" if label.name.endswith(".nii.gz") else label.suffix
+        suffix, lsuffix = file_suffix(image), file_suffix(label)
         shutil.copy2(image, studies / f"{case['case_id']}{suffix}")
         shutil.copy2(label, studies / "labels" / "final" / f"{case['case_id']}{lsuffix}")
         ids.append((case["case_id"], studies / f"{case['case_id']}{suffix}", case))
     model = app / "model" / bundle / "models" / "model.pt"
-    before = _sha256(model)
+    before = file_sha256(model)
     base = f"http://127.0.0.1:{port}"
     log = work / f"server_train_{bundle}.log"
     proc = start_server(venv, app, studies, [bundle], port, log)
@@ -257,7 +251,7 @@ def train_and_check(venv: Path, app: Path, work: Path, bundle: str, cases: list[
         body = json.dumps({"max_epochs": 1, "device": "cpu", "multi_gpu": False}).encode()
         status, _, content = http(f"{base}/train/{bundle}?run_sync=true", body, {"Content-Type": "application/json"})
         check.seconds = time.perf_counter() - t
-        changed = model.is_file() and _sha256(model) != before
+        changed = model.is_file() and file_sha256(model) != before
         check.ok = status == 200 and changed
         check.detail = (f"HTTP {status}, models/model.pt {'rewritten' if changed else 'NOT changed'}"
                         + ("" if status == 200 else f": {content[:1500].decode(errors='replace')}; log {log}"))
@@ -427,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = json.loads((REPO_ROOT / "bundles" / b / "configs" / "demo.json").read_text())["demo_dataset"]
         case = load_datalist(datalists[dataset], "test")[0]
         src = Path(case["image"])
-        suffix = "".join(src.suffixes[-2:]) if src.name.endswith(".nii.gz") else src.suffix
+        suffix = file_suffix(src)
         image_id = f"{dataset}_{case['case_id']}"
         dst = studies / f"{image_id}{suffix}"
         if not dst.exists():

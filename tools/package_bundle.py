@@ -166,7 +166,8 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -194,12 +195,12 @@ def record_large_files(dest: Path, limit_mb: float, url_base: str | None) -> lis
         if r in listed:
             e = listed[r]
             if not e.get("hash_val"):
-                e["hash_val"], e["hash_type"] = _sha256(path), "sha256"
+                e["hash_val"], e["hash_type"] = file_sha256(path), "sha256"
             if not e.get("url") and url_base:
                 e["url"] = f"{url_base.rstrip('/')}/{path.name}"
             continue
         url = f"{url_base.rstrip('/')}/{path.name}" if url_base else ""
-        entries.append({"path": r, "url": url, "hash_val": _sha256(path), "hash_type": "sha256"})
+        entries.append({"path": r, "url": url, "hash_val": file_sha256(path), "hash_type": "sha256"})
     rel = [p.relative_to(dest).as_posix() for p in large]
     header = [ln for ln in text.splitlines() if ln.startswith("#")]
     header.append(f"# Added by tools/package_bundle.py: files over {limit_mb:g} MB are not in the zip"

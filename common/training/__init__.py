@@ -4,6 +4,7 @@
 - :mod:`common.training.rng` -- :class:`RNGState`: Python/numpy/torch generators + MONAI random transforms.
 - :mod:`common.training.resume` -- :class:`ResumableCheckpointer`, the ignite handler that saves and resumes.
 - :mod:`common.training.seed` -- :func:`seed_everything` (``monai.utils.set_determinism`` + deterministic kernels).
+- :mod:`common.training.distributed` -- :func:`is_distributed`, :func:`process_rank` (0 without torchrun).
 - :mod:`common.training.handlers` -- epoch loss, progress bar, the standard handler list, rank-0-only reporting.
 """
 
@@ -20,6 +21,7 @@ from common.training.checkpoint import (
     save_training_checkpoint,
     to_weights_only_safe,
 )
+from common.training.distributed import is_distributed, process_rank
 from common.training.handlers import (
     AttachHandler,
     EpochAverageLoss,
@@ -47,6 +49,8 @@ __all__ = [
     "to_weights_only_safe",
     "AttachHandler",
     "EpochAverageLoss",
+    "is_distributed",
+    "process_rank",
     "LossOutput",
     "ProgressBarHandler",
     "RankZeroTensorBoardStatsHandler",

@@ -35,6 +35,8 @@ from ignite.handlers import ProgressBar
 from ignite.metrics import Average
 from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
 
+from common.training.distributed import process_rank
+
 __all__ = [
     "AttachHandler",
     "LossOutput",
@@ -159,14 +161,10 @@ def handlers_for_this_rank(handlers: Sequence[Any] | None, rank: int | None = No
     """
     handlers = list(handlers or [])
     if rank is None:
-        rank = _rank()
+        rank = process_rank()
     if rank == 0:
         return handlers
     return [h for h in handlers if not isinstance(h, (*REPORTING_HANDLERS, ProgressBarHandler))]
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
 
 
 class _NullSummaryWriter:
@@ -187,7 +185,7 @@ class RankZeroTensorBoardStatsHandler(TensorBoardStatsHandler):
     """
 
     def __init__(self, summary_writer: Any = None, log_dir: str = "./runs", **kwargs: Any) -> None:
-        if summary_writer is None and _rank() != 0:
+        if summary_writer is None and process_rank() != 0:
             summary_writer = _NullSummaryWriter()
         super().__init__(summary_writer=summary_writer, log_dir=log_dir, **kwargs)
 

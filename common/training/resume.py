@@ -50,18 +50,13 @@ from common.training.checkpoint import (
     save_training_checkpoint,
     unwrap_stateful,
 )
+from common.training.distributed import is_distributed, process_rank
 from common.training.rng import RNGState
 
 __all__ = ["ResumableCheckpointer", "RESERVED_KEYS", "training_data_fingerprint"]
 
 #: top-level checkpoint keys written by the handler itself; ``save_dict`` must not use them.
 RESERVED_KEYS = ("format", "epoch", "iteration", "engine", "rng", "data")
-
-
-def _rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
 
 
 class ResumableCheckpointer:
@@ -185,7 +180,7 @@ class ResumableCheckpointer:
 
     # ------------------------------------------------------------------------------------------------ events
     def _on_started(self, engine: Engine) -> None:
-        if _rank() == self.save_on_rank:
+        if process_rank() == self.save_on_rank:
             for p in remove_stale_temp_files(self.checkpoint_dir, self.file_prefix):
                 self.logger.warning(f"removed the temporary file of an interrupted checkpoint save: {p}")
         # run the periodic save after every other end-of-epoch handler (validation, LR step, ...)
@@ -228,7 +223,7 @@ class ResumableCheckpointer:
             )
         elif self._last_saved_epoch != engine.state.epoch:
             self.save(engine)
-        if self.final_model_path is not None and _rank() == self.save_on_rank:
+        if self.final_model_path is not None and process_rank() == self.save_on_rank:
             target = unwrap_stateful(self.save_dict[self.final_model_key])
             atomic_torch_save({"model": target.state_dict()}, self.final_model_path)
             self.logger.info(f"Saved the final {self.final_model_key!r} weights to {self.final_model_path}")
@@ -254,7 +249,7 @@ class ResumableCheckpointer:
     def save(self, engine: Engine) -> Path | None:
         """Write the checkpoint of the current epoch atomically and prune old ones; returns its path."""
         self._last_saved_epoch = engine.state.epoch
-        if _rank() != self.save_on_rank:
+        if process_rank() != self.save_on_rank:
             return None
         path = save_training_checkpoint(self.checkpoint_path(engine.state.epoch), self.state_dict_of(engine))
         removed = prune_checkpoints(self.checkpoint_dir, self.n_saved, self.file_prefix)
@@ -271,8 +266,7 @@ class ResumableCheckpointer:
         data than the engine's; False when they match or either side has no fingerprint."""
         now, then = training_data_fingerprint(engine), ckpt.get("data")
         changed = now is not None and isinstance(then, Mapping) and then.get("sha256") != now["sha256"]
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if distributed:
+        if is_distributed():
             # one decision for all ranks (the writing rank's), and every rank has finished reading the old
             # checkpoints before the writing rank moves them
             decision = [changed]
@@ -282,7 +276,7 @@ class ResumableCheckpointer:
         if not changed:
             return False
         archive = None
-        if _rank() == self.save_on_rank:
+        if process_rank() == self.save_on_rank:
             k = 1
             while (self.checkpoint_dir / f"previous_run_{k}").exists():
                 k += 1

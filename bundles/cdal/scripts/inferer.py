@@ -120,7 +120,7 @@ class CDALInferer:
         self.resize_to = resize_to
         self.return_uncertainty = return_uncertainty
 
-    def with_uncertainty(self, flag: bool = True) -> CDALInferer:
+    def with_uncertainty_channel(self, flag: bool = True) -> CDALInferer:
         """A shallow copy that does (or does not) append the uncertainty channel (the evaluator's variant of the
         plain ``inferer`` that MONAI Label calls)."""
         other = copy.copy(self)

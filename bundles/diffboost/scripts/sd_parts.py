@@ -26,6 +26,7 @@ import torch
 
 from common.atomic import atomic_write_text
 from common.errors import BadInputError
+from common.training.distributed import is_distributed, process_rank
 
 __all__ = ["SD_SUBFOLDERS", "StableDiffusionParts", "load_sd_parts", "build_tiny_sd_parts", "make_controlnet"]
 
@@ -93,10 +94,9 @@ def load_sd_parts(
     name = str(name_or_path)
     if build_tiny:
         # under torchrun every rank loads the same folder: rank 0 writes it, the others wait until it is complete
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if not distributed or torch.distributed.get_rank() == 0:
+        if process_rank() == 0:
             build_tiny_sd_parts(name, seed=seed)
-        if distributed:
+        if is_distributed():
             torch.distributed.barrier()
     is_local = os.path.exists(os.path.expanduser(name)) or name.startswith((".", "/", "~"))
     if is_local:

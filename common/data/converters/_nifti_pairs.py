@@ -20,7 +20,15 @@ from common.data.datalist import split_cases
 from common.data.describe import describe_labelled_volume, describe_unlabelled_volume
 from common.errors import BadInputError
 
-__all__ = ["VolumeCase", "check_pair", "build_volume_datalist"]
+__all__ = ["VOLUME_PAIR_OPTIONS", "VolumeCase", "check_pair", "build_volume_datalist"]
+
+#: converter options shared by the NIfTI-pair releases (KiTS21, LiTS): split fractions, side naming, affine tolerance
+VOLUME_PAIR_OPTIONS: dict[str, tuple[Any, str]] = {
+    "val_fraction": (0.1, "fraction of the non-test labelled cases held out for validation"),
+    "test_fraction": (0.2, "fraction of the labelled cases held out for test"),
+    "side_reference": ("fov_center", "'fov_center' (left/right from the affine) or 'none'"),
+    "affine_atol": (1e-3, "tolerance (mm) when comparing image and label affines"),
+}
 
 
 @dataclass

@@ -26,6 +26,7 @@ __all__ = [
     "COMMON_OPTIONS",
     "DatasetConverter",
     "case_key",
+    "file_suffix",
     "lookup_text",
     "load_text_file",
     "relative_path",
@@ -52,6 +53,13 @@ def case_key(name: str | os.PathLike) -> str:
         if low.endswith(suffix):
             return base[: -len(suffix)]
     return base
+
+
+def file_suffix(name: str | os.PathLike) -> str:
+    """The extension :func:`case_key` strips, as written: ``"x.nii.gz"`` -> ``".nii.gz"``, ``"a/B.PNG"`` -> ``".PNG"``
+    (``Path.suffix`` for a name with no known extension)."""
+    base = Path(name).name
+    return base[len(case_key(base)):] or Path(base).suffix
 
 
 def visible_files(folder: Path, suffixes: Iterable[str]) -> list[Path]:

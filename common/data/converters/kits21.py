@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.data.converters import register_converter
-from common.data.converters._nifti_pairs import VolumeCase, build_volume_datalist, check_pair
+from common.data.converters._nifti_pairs import VOLUME_PAIR_OPTIONS, VolumeCase, build_volume_datalist, check_pair
 from common.data.converters.base import DatasetConverter
 from common.errors import BadInputError
 
@@ -40,11 +40,8 @@ class KiTS21Converter(DatasetConverter):
         "  SRC is the kits21 'data' folder (or the repository root holding it)"
     )
     options = {
-        "val_fraction": (0.1, "fraction of the non-test labelled cases held out for validation"),
-        "test_fraction": (0.2, "fraction of the labelled cases held out for test"),
+        **VOLUME_PAIR_OPTIONS,
         "segmentation": ("aggregated_MAJ_seg", "label file name without .nii.gz (aggregated_AND_seg, aggregated_OR_seg)"),
-        "side_reference": ("fov_center", "'fov_center' (left/right from the affine) or 'none'"),
-        "affine_atol": (1e-3, "tolerance (mm) when comparing image and label affines"),
     }
 
     def check_layout(self, src: Path, options: Mapping[str, Any]) -> tuple[list[VolumeCase], list[VolumeCase]]:

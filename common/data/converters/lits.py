@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from common.data.converters import register_converter
-from common.data.converters._nifti_pairs import VolumeCase, build_volume_datalist, check_pair
+from common.data.converters._nifti_pairs import VOLUME_PAIR_OPTIONS, VolumeCase, build_volume_datalist, check_pair
 from common.data.converters.base import DatasetConverter
 from common.errors import BadInputError
 
@@ -44,12 +44,7 @@ class LiTSConverter(DatasetConverter):
         "  Training Batch 1/volume-0.nii, Training Batch 1/segmentation-0.nii, ..., Test Batch/test-volume-0.nii\n"
         "  SRC holds the batch folders (or the files directly); .nii or .nii.gz"
     )
-    options = {
-        "val_fraction": (0.1, "fraction of the non-test labelled cases held out for validation"),
-        "test_fraction": (0.2, "fraction of the labelled cases held out for test"),
-        "side_reference": ("fov_center", "'fov_center' (left/right from the affine) or 'none'"),
-        "affine_atol": (1e-3, "tolerance (mm) when comparing image and label affines"),
-    }
+    options = dict(VOLUME_PAIR_OPTIONS)
 
     def check_layout(self, src: Path, options: Mapping[str, Any]) -> tuple[list[VolumeCase], list[VolumeCase]]:
         files = _nifti_files(src)
