@@ -373,6 +373,8 @@ def make_msd_like(
     spacing: tuple[float, float, float] = (1.5, 1.5, 2.0),
     seed: int = 0,
     task_name: str = "Task90_SynthKidney",
+    shape: tuple[int, int, int] | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> list[SyntheticVolumeCase]:
     """Write a synthetic MSD task folder ``dst/<task_name>`` and return the cases' ground truth.
 
@@ -391,7 +393,13 @@ def make_msd_like(
         spacing: voxel size in mm; the affine is diag(s_x * spacing_x, -spacing_y, spacing_z) plus an origin, with
             s_x = +1 for even and -1 for odd case numbers.
         seed: everything is a function of the seed.
+        task_name: the task folder (e.g. ``Task09_Spleen`` for a paper-size stand-in of that release).
+        shape: every case this ``(X, Y, Z)`` (paper-size stand-ins, e.g. ``(512, 512, 90)``) instead of
+            ``shape_range``.
+        label_names: ``dataset.json`` label names (default kidney / kidney tumour / kidney cyst), ``n_classes`` long.
     """
+    if label_names is not None and len(label_names) != n_classes:
+        raise ValueError(f"label_names must have n_classes={n_classes} entries, got {list(label_names)}")
     if n_classes not in (2, 3, 4):
         raise ValueError(f"n_classes must be 2, 3 or 4, got {n_classes}")
     if n_channels not in (1, 2):
@@ -404,12 +412,15 @@ def make_msd_like(
     for i in range(n_train + n_test):
         labelled = i < n_train
         rng = np.random.default_rng([seed, 7, i])
-        shape = tuple(int(s) for s in rng.integers(shape_range[0], shape_range[1] + 1, 3))
+        drawn = tuple(int(s) for s in rng.integers(shape_range[0], shape_range[1] + 1, 3))
+        case_shape = tuple(int(s) for s in shape) if shape is not None else drawn
         x_sign = 1 if i % 2 == 0 else -1
         affine = np.diag([x_sign * spacing[0], -spacing[1], spacing[2], 1.0])
-        centre = (np.asarray(shape) - 1) / 2.0
+        centre = (np.asarray(case_shape) - 1) / 2.0
         affine[:3, 3] = -affine[:3, :3] @ centre + rng.uniform(-20.0, 20.0, 3)
-        image, label, kidneys, tumour, cyst = _synthetic_volume(shape, x_sign, n_classes, n_channels, labelled, rng)
+        image, label, kidneys, tumour, cyst = _synthetic_volume(
+            case_shape, x_sign, n_classes, n_channels, labelled, rng
+        )
         case_id = f"kidney_{i:03d}"
         img_path = task / ("imagesTr" if labelled else "imagesTs") / f"{case_id}.nii.gz"
         with atomic_path(img_path) as tmp:
@@ -419,7 +430,7 @@ def make_msd_like(
             lbl_path = task / "labelsTr" / f"{case_id}.nii.gz"
             with atomic_path(lbl_path) as tmp:
                 nib.save(nib.Nifti1Image(label, affine), tmp)
-        cases.append(SyntheticVolumeCase(case_id, img_path, lbl_path, kidneys, tumour, cyst, shape, affine))
+        cases.append(SyntheticVolumeCase(case_id, img_path, lbl_path, kidneys, tumour, cyst, case_shape, affine))
     meta = {
         "name": task_name.split("_", 1)[-1],
         "description": "Synthetic kidney CT-like volumes (common.data.synthetic.make_msd_like)",
@@ -428,7 +439,7 @@ def make_msd_like(
         "release": "1.0",
         "tensorImageSize": "3D" if n_channels == 1 else "4D",
         "modality": modality,
-        "labels": {str(k): _LABEL_NAMES[k] for k in range(n_classes)},
+        "labels": {str(k): (label_names or _LABEL_NAMES)[k] for k in range(n_classes)},
         "numTraining": n_train,
         "numTest": n_test,
         "training": [

@@ -36,17 +36,18 @@ def _affine(shape: tuple[int, ...], spacing: tuple[float, float, float], x_sign:
 
 def make_kits21_like(
     dst: str | Path, n_labelled: int = 6, n_test: int = 1, shape_range: tuple[int, int] = (32, 40),
-    spacing: tuple[float, float, float] = (1.5, 1.5, 2.0), seed: int = 0,
+    spacing: tuple[float, float, float] = (1.5, 1.5, 2.0), seed: int = 0, shape: tuple[int, int, int] | None = None,
 ) -> Path:
     """Write ``dst/data/case_XXXXX/...`` (see the module docstring); returns ``dst`` (the repository root)."""
     root = Path(dst)
     data = root / "data"
     for i in range(n_labelled + n_test):
         rng = np.random.default_rng([seed, 21, i])
-        shape = tuple(int(s) for s in rng.integers(shape_range[0], shape_range[1] + 1, 3))
+        drawn = tuple(int(s) for s in rng.integers(shape_range[0], shape_range[1] + 1, 3))
+        case_shape = tuple(int(s) for s in shape) if shape is not None else drawn
         x_sign = 1 if i % 2 == 0 else -1
-        image, label, *_ = _synthetic_volume(shape, x_sign, 4, 1, True, rng)
-        affine = _affine(shape, spacing, x_sign, rng)
+        image, label, *_ = _synthetic_volume(case_shape, x_sign, 4, 1, True, rng)
+        affine = _affine(case_shape, spacing, x_sign, rng)
         case = data / f"case_{i:05d}"
         _save(case / "imaging.nii.gz", image, affine)
         if i < n_labelled:
@@ -57,23 +58,24 @@ def make_kits21_like(
 
 def make_lits_like(
     dst: str | Path, n_labelled: int = 6, n_test: int = 2, shape_range: tuple[int, int] = (32, 40),
-    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5), seed: int = 0,
+    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5), seed: int = 0, shape: tuple[int, int, int] | None = None,
 ) -> Path:
     """Write the LiTS batch folders under ``dst`` (see the module docstring); returns ``dst``."""
     root = Path(dst)
     for i in range(n_labelled + n_test):
         rng = np.random.default_rng([seed, 17, i])
-        shape = tuple(int(s) for s in rng.integers(shape_range[0], shape_range[1] + 1, 3))
+        drawn = tuple(int(s) for s in rng.integers(shape_range[0], shape_range[1] + 1, 3))
+        case_shape = tuple(int(s) for s in shape) if shape is not None else drawn
         x_sign = 1 if i % 2 == 0 else -1
-        grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-        n = np.asarray(shape, dtype=np.float32)
+        grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in case_shape], indexing="ij")
+        n = np.asarray(case_shape, dtype=np.float32)
         c = (n - 1) / 2
         body = _ellipsoid(grid, c, (0.46 * n[0], 0.42 * n[1], 10.0 * n[2]))
         # patient right = larger world x; voxel side depends on the sign of the affine's x axis
         u = -0.15 if x_sign > 0 else 0.15
         liver_c = (c[0] + u * n[0], c[1] + rng.uniform(-0.05, 0.05) * n[1], c[2])
         liver = _ellipsoid(grid, liver_c, (0.22 * n[0], 0.25 * n[1], 0.35 * n[2]))
-        label = np.zeros(shape, dtype=np.uint8)
+        label = np.zeros(case_shape, dtype=np.uint8)
         label[liver] = 1
         if rng.uniform() < 0.8:
             r = max(1.6, 0.06 * float(n.min()))
@@ -81,9 +83,9 @@ def make_lits_like(
             label[_ellipsoid(grid, tum_c, (r, r, r)) & liver] = 2
         vol = np.where(body, 40.0, -1000.0).astype(np.float32)
         vol[label == 1], vol[label == 2] = 110.0, 60.0
-        vol += rng.normal(0.0, 15.0, shape).astype(np.float32)
+        vol += rng.normal(0.0, 15.0, case_shape).astype(np.float32)
         image = np.clip(np.rint(vol), -1024, 3071).astype(np.int16)
-        affine = _affine(shape, spacing, x_sign, rng)
+        affine = _affine(case_shape, spacing, x_sign, rng)
         if i < n_labelled:
             batch = root / ("Training Batch 1" if i < (n_labelled + 1) // 2 else "Training Batch 2")
             _save(batch / f"volume-{i}.nii", image, affine)

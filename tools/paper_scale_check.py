@@ -1,0 +1,647 @@
+#!/usr/bin/env python
+"""Run every bundle's SHIPPED paper-scale configs at the papers' sizes, here, and measure what each run costs.
+
+    python tools/paper_scale_check.py --standins DIR --out DIR [--bundles NAME ...] [--datasets NAME ...]
+        [--make-standins] [--memory-budget-gb 21] [--timeout-min 60] [--list]
+
+For every bundle and every dataset its paper used (TextDiff MoNuSeg + QaTa; cDAL MoNuSeg + CXR + Hippocampus;
+TextDiffSeg KiTS21 + LiTS + MSD Pancreas + MSD Colon; DiffBoost BUSI + MSD Spleen + MSD Prostate):
+
+1. writes synthetic data of the real sizes in the real release layouts and converts it with the real converters
+   (:mod:`common.data.paper_size`);
+2. runs the shipped configs (``train.json`` / ``inference.json`` / DiffBoost's stage configs, plus the dataset overlay)
+   with ONLY these overridden: paths (``dataset_dir``, ``datalist``, ``output_dir``, ``ckpt_dir``, the pretrained
+   parts -> the stand-ins of ``tools/make_standins.py``), ``device`` (cpu), and an iteration cap
+   (``train#trainer#max_epochs`` 1, ``train#trainer#epoch_length`` 2); DiffBoost's synthesis is capped to
+   :data:`SYNTHESIS_CAPS` (20 DDIM steps with guidance at 384^2 x 50 images per slice would take hours here) and
+   reports per-step figures;
+3. keeps the paper's batch size unless the run exceeds the memory budget (``--memory-budget-gb``, default 90 % of
+   this machine's memory): the run is stopped and repeated with half the batch, and the record says so;
+4. records per run (``OUT/paper_scale.json``, a list; ``OUT/paper_scale.md``, a table): ``bundle``, ``dataset``,
+   ``config``, ``stage``, ``ok``, ``error``, ``seconds_per_iteration`` (training: the 2nd iteration, the 1st being the
+   warm-up under the FLOP counter) or ``seconds_per_case``, ``seconds_data_per_iteration``, ``peak_rss_mb``,
+   ``flops`` (per iteration / per case; ``torch.utils.flop_counter``), ``params_trainable``, ``params_frozen``,
+   ``batch_size``, ``paper_batch_size``, ``input_shape``, ``peak_flops`` (this CPU, a large matmul measured in the
+   same process), ``peak_fraction``, ``projected_gpu_s`` (a PROJECTION: FLOPs over one A100's fp16 peak at the
+   stated utilisation, :mod:`common.profiling`), ``caps``, ``log``.
+
+Exit code 1 when any run fails. Each run is its own process (``--child``); its log is ``OUT/logs/<run>.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+#: stand-in part -> path inside the ``--standins`` folder (``tools/make_standins.py`` writes them there)
+STANDIN_FILES = {
+    "adm": "guided_diffusion/256x256_diffusion_uncond.pt",
+    "bert": "Bio_ClinicalBERT",
+    "sd": "stable-diffusion-v1-5",
+    "hed": "hed/network-bsds500.pth",
+    "cdal": "cdal/netG_standin.pth",
+}
+#: the iteration cap of every training run
+TRAIN_CAP = {"train#trainer#max_epochs": 1, "train#trainer#epoch_length": 2}
+#: DiffBoost synthesis caps (paper: 50 images per slice, 20 DDIM steps); figures are reported per step and image
+SYNTHESIS_CAPS = {"num_synthetic": 1, "synthesis_steps": 2}
+
+
+@dataclass
+class Stage:
+    """One run: a stage of a bundle x dataset chain (the stages of a chain share ``ckpt_dir`` and ``output_dir``)."""
+
+    stage: str  # train | inference | synthesis | convert
+    configs: list[str]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    batch_key: str | None = None
+    paper_batch_size: int | None = None
+    caps: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # label of the stage within its chain (e.g. "controlnet"); default the stage
+    train_cases: int | None = None  # run on the first N training cases only (a datalist path override)
+
+
+@dataclass
+class Chain:
+    """The stages of one bundle on one paper dataset, run in order on the same paper-size data."""
+
+    bundle: str
+    dataset: str
+    data: dict[str, Any]  # write_paper_size_dataset arguments
+    standins: list[str]
+    stages: list[Stage]
+
+    @property
+    def key(self) -> str:
+        return f"{self.bundle}-{self.dataset}"
+
+
+def _textdiff(dataset: str, overlay: list[str], n_train: int) -> Chain:
+    return Chain("textdiff", dataset, {"name": dataset, "n_train": n_train, "n_val": 1, "n_test": 1},
+                 ["adm", "bert"], [
+                     Stage("train", ["configs/train.json", *overlay], batch_key="batch_size", paper_batch_size=1),
+                     Stage("inference", ["configs/inference.json", *overlay]),
+                 ])
+
+
+def _cdal(dataset: str, overlay: list[str], batch: int, convert: bool = False) -> Chain:
+    stages = [Stage("train", ["configs/train.json", *overlay], batch_key="batch_size", paper_batch_size=batch)]
+    if convert:
+        stages.append(Stage("convert", ["configs/inference.json", *overlay]))
+    stages.append(Stage("inference", ["configs/inference.json", *overlay]))
+    return Chain("cdal", dataset, {"name": dataset, "n_train": 2 * batch, "n_test": 1},
+                 ["cdal"] if convert else [], stages)
+
+
+def _textdiffseg(dataset: str, overlay: str) -> Chain:
+    files = [f"configs/{overlay}"]
+    return Chain("textdiffseg", dataset, {"name": dataset, "n_train": 2, "n_test": 1}, ["bert"], [
+        Stage("train", ["configs/train.json", *files], batch_key="batch_size", paper_batch_size=1),
+        Stage("inference", ["configs/inference.json", *files]),
+    ])
+
+
+def _diffboost(dataset: str, overlay: list[str], volumes: int | None) -> Chain:
+    n_train = 64  # two iterations of the paper's ControlNet batch of 32
+    return Chain("diffboost", dataset, {"name": dataset, "n_train": n_train, "n_test": 1, "volumes": volumes},
+                 ["sd", "hed"], [
+                     Stage("train", ["configs/train_controlnet.json", *overlay], batch_key="controlnet_batch_size",
+                           paper_batch_size=32, name="controlnet"),
+                     Stage("synthesis", ["configs/synthesize.json", *overlay], caps=dict(SYNTHESIS_CAPS),
+                           train_cases=16),
+                     Stage("train", ["configs/train.json", *overlay], batch_key="batch_size", paper_batch_size=8,
+                           train_cases=16, name="segmentation"),
+                     Stage("inference", ["configs/inference.json", *overlay]),
+                 ])
+
+
+def all_chains() -> list[Chain]:
+    """Every bundle x paper dataset of the collection, in the order they run."""
+    return [
+        _textdiff("monuseg", [], n_train=5),
+        _textdiff("qata", ["configs/qata.json"], n_train=150),
+        _cdal("monuseg", [], batch=4, convert=True),
+        _cdal("cxr", ["configs/cxr.json"], batch=3),
+        _cdal("hippocampus", ["configs/hippocampus.json"], batch=1),
+        _textdiffseg("kits21", "kits21.json"),
+        _textdiffseg("lits", "lits.json"),
+        _textdiffseg("msd_pancreas", "pancreas.json"),
+        _textdiffseg("msd_colon", "colon.json"),
+        _diffboost("busi", [], volumes=None),
+        _diffboost("spleen_slices", ["configs/spleen.json"], volumes=3),
+        _diffboost("prostate_slices", ["configs/prostate.json"], volumes=4),
+    ]
+
+
+# ------------------------------------------------------------------------------------------------------- records
+@dataclass
+class Record:
+    bundle: str
+    dataset: str
+    config: str
+    stage: str
+    ok: bool = False
+    error: str | None = None
+    seconds_per_iteration: float | None = None
+    seconds_per_case: float | None = None
+    seconds_data_per_iteration: float | None = None
+    seconds_per_step: float | None = None
+    peak_rss_mb: float | None = None
+    flops: float | None = None
+    params_trainable: int | None = None
+    params_frozen: int | None = None
+    batch_size: int | None = None
+    paper_batch_size: int | None = None
+    input_shape: list[int] | None = None
+    peak_flops: float | None = None
+    peak_fraction: float | None = None
+    projected_gpu_s: float | None = None
+    projection: str | None = None
+    caps: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    wall_s: float | None = None
+    log: str | None = None
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None:
+        return "-"
+    return format(v, spec)
+
+
+def markdown_table(records: list[Record]) -> str:
+    rows = [
+        "| bundle | dataset | config | stage | ok | s/iter or s/case | peak RSS MB | GFLOP | peak fraction | "
+        "projected A100 s | batch (paper) | input | params trainable / frozen | caps, notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        sec = r.seconds_per_iteration if r.seconds_per_iteration is not None else r.seconds_per_case
+        unit = "/iter" if r.seconds_per_iteration is not None else "/case"
+        notes = ", ".join([f"{k}={v}" for k, v in r.caps.items()] + r.notes + ([r.error] if r.error else []))
+        batch = "-" if r.batch_size is None else f"{r.batch_size} ({r.paper_batch_size})"
+        params = (
+            "-" if r.params_trainable is None else f"{r.params_trainable:,} / {r.params_frozen or 0:,}"
+        )
+        rows.append(
+            f"| {r.bundle} | {r.dataset} | {r.config} | {r.stage} | {'yes' if r.ok else 'NO'} | "
+            f"{_fmt(sec, '.2f')}{unit if sec is not None else ''} | {_fmt(r.peak_rss_mb, '.0f')} | "
+            f"{_fmt(None if r.flops is None else r.flops / 1e9, '.1f')} | {_fmt(r.peak_fraction, '.2f')} | "
+            f"{_fmt(r.projected_gpu_s, '.3f')} | {batch} | {r.input_shape or '-'} | {params} | "
+            f"{notes.replace('|', '/')[:300]} |"
+        )
+    return "\n".join(rows)
+
+
+# -------------------------------------------------------------------------------------------------------- child
+def _unique_params(modules: list[Any]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for m in modules:
+        for p in m.parameters():
+            out[id(p)] = p.numel()
+    return out
+
+
+def _count_params(parser: Any, stage: str) -> tuple[int, int]:
+    """Trainable = parameters in the optimisers (training) or of ``network`` (inference); frozen = the other
+    parameters of every instantiated module (EMA copies excluded)."""
+    import torch
+
+    resolved = parser.ref_resolver.resolved_content
+    modules = [v for k, v in resolved.items() if isinstance(v, torch.nn.Module) and "ema" not in k.lower()]
+    for k, v in resolved.items():  # modules inside helper objects (e.g. DiffBoost's StableDiffusionParts)
+        if "ema" in k.lower():
+            continue
+        for attr in getattr(v, "__dict__", {}).values():
+            if isinstance(attr, torch.nn.Module) and not isinstance(v, torch.nn.Module):
+                modules.append(attr)
+    everything = _unique_params(modules)
+    if stage == "train":
+        trainable = {
+            id(p): p.numel()
+            for v in resolved.values() if isinstance(v, torch.optim.Optimizer)
+            for g in v.param_groups for p in g["params"]
+        }
+    else:
+        net = resolved.get("network")
+        trainable = _unique_params([net]) if isinstance(net, torch.nn.Module) else {}
+    frozen = {k: n for k, n in everything.items() if k not in trainable}
+    return sum(trainable.values()), sum(frozen.values())
+
+
+def _shape_of(batch: Any) -> list[int] | None:
+    import torch
+
+    if isinstance(batch, list) and batch:
+        batch = batch[0] if isinstance(batch[0], dict) else batch
+    if isinstance(batch, dict):
+        img = batch.get("image")
+        if isinstance(img, torch.Tensor):
+            return list(img.shape)
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return list(batch[0].shape)
+    return None
+
+
+class _EngineProbe:
+    """Times every iteration and its data loading, counts the FLOPs of the first iteration, keeps the input shape."""
+
+    def __init__(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        from common.profiling import FlopCount
+
+        self.flops = FlopCount()
+        self.iter_s: list[float] = []
+        self.data_s: list[float] = []
+        self.input_shape: list[int] | None = None
+        self._t = 0.0
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._batch_started)
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._batch_completed)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._iter_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iter_completed)
+
+    def _batch_started(self, engine: Any) -> None:
+        self._t = time.perf_counter()
+
+    def _batch_completed(self, engine: Any) -> None:
+        self.data_s.append(time.perf_counter() - self._t)
+        if self.input_shape is None:
+            self.input_shape = _shape_of(engine.state.batch)
+
+    def _iter_started(self, engine: Any) -> None:
+        if not self.iter_s and not self.flops.running:
+            self.flops.start()
+        self._t = time.perf_counter()
+
+    def _iter_completed(self, engine: Any) -> None:
+        self.iter_s.append(time.perf_counter() - self._t)
+        if self.flops.running:
+            self.flops.stop()
+
+
+def _convert_cdal(spec: dict, parser: Any) -> None:
+    """Convert the authors'-format stand-in generator into ``ckpt_dir/model.pt`` (the real converter)."""
+    from scripts.convert import convert_official_generator_state_dict  # the bundle's scripts package
+
+    from common.atomic import atomic_torch_save
+    from common.legacy_checkpoints import load_state_dict_file
+
+    network = parser.get_parsed_content("network_def")
+    state = convert_official_generator_state_dict(load_state_dict_file(spec["standins"]["cdal"]), network)
+    network.load_state_dict(state, strict=True)
+    atomic_torch_save({"model": network.state_dict()}, Path(spec["ckpt_dir"]) / "model.pt")
+
+
+def run_child(spec_path: Path, result_path: Path) -> int:
+    """Run one stage in this process (cwd = the bundle) and write its measurements to ``result_path``."""
+    import torch
+
+    from common.profiling import measure_peak_flops, peak_rss_mb, projected_gpu_seconds, ASSUMED_GPU_UTILISATION
+
+    spec = json.loads(spec_path.read_text())
+    out: dict[str, Any] = {"ok": False, "notes": []}
+    t_start = time.perf_counter()
+    try:
+        bundle = Path(spec["bundle_dir"])
+        os.chdir(bundle)
+        sys.path.insert(0, str(bundle))
+        out["peak_flops"] = measure_peak_flops()
+        from monai.bundle import ConfigWorkflow
+
+        workflow = ConfigWorkflow(
+            config_file=spec["configs"], meta_file="configs/metadata.json", logging_file="configs/logging.conf",
+            workflow_type=None, **spec["overrides"],
+        )
+        workflow.initialize()
+        parser = workflow.parser
+        stage = spec["stage"]
+        probe = None
+        if stage == "train":
+            probe = _EngineProbe(parser.get_parsed_content("train#trainer"))
+        elif stage == "inference":
+            probe = _EngineProbe(parser.get_parsed_content("evaluator"))
+        t0 = time.perf_counter()
+        if stage == "convert":
+            _convert_cdal(spec, parser)
+        elif stage == "synthesis":
+            from common.profiling import FlopCount
+
+            with FlopCount() as fc:
+                workflow.run()
+            images = list(Path(parser.get_parsed_content("synthetic_dir")).rglob("*.png")) + list(
+                Path(parser.get_parsed_content("synthetic_dir")).rglob("*.nii.gz")
+            )
+            n_images = max(1, len(images))
+            steps = int(parser.get_parsed_content("synthesis_steps"))
+            seconds = time.perf_counter() - t0
+            out.update(seconds_per_case=seconds / n_images, seconds_per_step=seconds / (n_images * steps),
+                       flops=fc.total / n_images)
+            out["notes"].append(f"{n_images} synthetic images x {steps} DDIM steps; figures per image")
+        else:
+            workflow.run()
+        if probe is not None:
+            if not probe.iter_s:
+                raise RuntimeError(f"the {stage} engine ran no iteration")
+            out["flops"] = float(probe.flops.total)
+            out["input_shape"] = probe.input_shape
+            if stage == "train":
+                timed = probe.iter_s[1:] or probe.iter_s
+                out["seconds_per_iteration"] = sum(timed) / len(timed)
+                data = probe.data_s[1:] or probe.data_s
+                out["seconds_data_per_iteration"] = sum(data) / len(data)
+                if len(probe.iter_s) < 2:
+                    out["notes"].append("only one iteration: its time includes the FLOP counter and warm-up")
+            else:
+                out["seconds_per_case"] = sum(probe.iter_s) / len(probe.iter_s)
+                out["notes"].append("inference time measured with the FLOP counter active")
+        workflow.finalize()
+        if stage != "convert":
+            trainable, frozen = _count_params(parser, stage)
+            out["params_trainable"], out["params_frozen"] = trainable, frozen
+            seconds = out.get("seconds_per_iteration") or out.get("seconds_per_case")
+            if out.get("flops") and seconds:
+                out["peak_fraction"] = out["flops"] / seconds / out["peak_flops"]
+                out["projected_gpu_s"] = projected_gpu_seconds(out["flops"])
+                out["projection"] = f"A100 fp16 312 TFLOP/s at {ASSUMED_GPU_UTILISATION:.0%} utilisation (projection)"
+        if spec.get("batch_key"):
+            out["batch_size"] = int(parser.get_parsed_content(spec["batch_key"]))
+        out["ok"] = True
+    except BaseException as e:  # noqa: BLE001 -- every failure is recorded with its message
+        traceback.print_exc()
+        out["error"] = f"{type(e).__name__}: {e}"[:2000]
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["wall_s"] = time.perf_counter() - t_start
+    result_path.write_text(json.dumps(out, indent=2, default=str))
+    torch.set_num_threads(1)
+    return 0 if out["ok"] else 1
+
+
+# ------------------------------------------------------------------------------------------------------- parent
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants (``/proc``), in MiB."""
+    from common.profiling import current_rss_mb
+
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += current_rss_mb(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return total
+
+
+def _memory_total_gb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024**2
+    return 24.0
+
+
+def run_stage(spec: dict, log: Path, budget_mb: float, timeout_s: float) -> tuple[dict, str | None]:
+    """One child process; returns its result and ``"memory"`` / ``"timeout"`` when it was stopped."""
+    spec_path = log.with_suffix(".spec.json")
+    result_path = log.with_suffix(".result.json")
+    spec_path.write_text(json.dumps(spec, indent=2))
+    result_path.unlink(missing_ok=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path), "--result", str(result_path)]
+    stopped = None
+    peak_tree = 0.0
+    with open(log, "a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        t0 = time.time()
+        while proc.poll() is None:
+            rss = _tree_rss_mb(proc.pid)
+            peak_tree = max(peak_tree, rss)
+            if rss > budget_mb:
+                stopped = "memory"
+            elif time.time() - t0 > timeout_s:
+                stopped = "timeout"
+            if stopped:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
+            time.sleep(0.25)
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {"ok": False}
+    result["tree_peak_rss_mb"] = peak_tree
+    if stopped == "memory":
+        result["error"] = f"stopped: the process tree's memory passed the budget of {budget_mb / 1024:.1f} GB"
+    elif stopped == "timeout":
+        result["error"] = f"stopped after the time limit of {timeout_s / 60:.0f} min"
+    elif not result_path.is_file():
+        result["error"] = f"the run died without a result (exit code {proc.returncode}); see {log}"
+    elif not result.get("ok") and "can't allocate memory" in str(result.get("error", "")):
+        stopped = "memory"
+    return result, stopped
+
+
+def _config_label(configs: list[str]) -> str:
+    return " + ".join(Path(c).name for c in configs)
+
+
+def _first_training_cases(datalist: Path, n: int, work: Path) -> Path:
+    """A copy of ``datalist`` whose training split is its first ``n`` cases (paths are absolute)."""
+    from common.atomic import atomic_write_json
+
+    doc = json.loads(datalist.read_text())
+    doc["training"] = doc["training"][:n]
+    return atomic_write_json(work / f"datalist_train{n}.json", doc)
+
+
+def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], budget_mb: float) -> list[Record]:
+    from common.data.paper_size import write_paper_size_dataset
+
+    out: Path = args.out
+    work = out / "runs" / chain.key
+    records: list[Record] = []
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"[paper-scale] {chain.key}: writing paper-size data", flush=True)
+    try:
+        datalist = write_paper_size_dataset(dst=out / "data" / chain.dataset, **chain.data)
+    except Exception as e:  # noqa: BLE001
+        rec = Record(chain.bundle, chain.dataset, "-", "data", error=f"{type(e).__name__}: {e}")
+        return [rec]
+    print(f"[paper-scale] {chain.key}: data ready in {time.perf_counter() - t0:.0f} s ({datalist})", flush=True)
+    base = {
+        "dataset_dir": str(datalist.parent), "datalist": str(datalist), "output_dir": str(work / "eval"),
+        "ckpt_dir": str(work / "models"), "device": "$torch.device('cpu')",
+    }
+    part_keys = {"adm": "adm_checkpoint", "bert": "text_encoder_path", "sd": "sd_model", "hed": "hed_weights"}
+    for part in chain.standins:
+        if part in part_keys:
+            base[part_keys[part]] = standins[part]
+    failed_before = False
+    for st in chain.stages:
+        label = st.name or st.stage
+        rec = Record(chain.bundle, chain.dataset, _config_label(st.configs), label,
+                     paper_batch_size=st.paper_batch_size, caps=dict(st.caps))
+        log = logs / f"{chain.key}-{label}.log"
+        log.unlink(missing_ok=True)
+        rec.log = str(log)
+        if failed_before:
+            rec.error = "not run: an earlier stage of this chain failed"
+            records.append(rec)
+            continue
+        overrides = {**base, **st.overrides, **st.caps}
+        if st.train_cases:
+            overrides["datalist"] = str(_first_training_cases(datalist, st.train_cases, work))
+            rec.notes.append(f"first {st.train_cases} training cases")
+        if st.stage == "train":
+            overrides.update(TRAIN_CAP)
+        batch = st.paper_batch_size
+        while True:
+            if st.batch_key and batch is not None:
+                overrides[st.batch_key] = batch
+            spec = {"bundle_dir": str(REPO_ROOT / "bundles" / chain.bundle), "configs": st.configs,
+                    "overrides": overrides, "stage": st.stage, "batch_key": st.batch_key,
+                    "ckpt_dir": base["ckpt_dir"], "standins": standins}
+            print(f"[paper-scale] {chain.key}: {label} ({rec.config}"
+                  f"{'' if batch is None else f', batch {batch}'}) ...", flush=True)
+            result, stopped = run_stage(spec, log, budget_mb, args.timeout_min * 60)
+            if stopped == "memory" and st.batch_key and batch and batch > 1:
+                rec.notes.append(f"batch {batch} exceeded the {budget_mb / 1024:.0f} GB budget")
+                batch //= 2
+                continue
+            break
+        for k, v in result.items():
+            if k == "notes":
+                rec.notes += v
+            elif hasattr(rec, k) and v is not None:
+                setattr(rec, k, v)
+        if result.get("tree_peak_rss_mb"):
+            rec.peak_rss_mb = max(rec.peak_rss_mb or 0.0, result["tree_peak_rss_mb"])
+        rec.ok = bool(result.get("ok"))
+        rec.error = None if rec.ok else result.get("error", "failed")
+        if rec.ok and rec.batch_size is not None and rec.paper_batch_size and rec.batch_size < rec.paper_batch_size:
+            rec.notes.append(f"batch {rec.batch_size} = the largest that fits ({rec.paper_batch_size} in the paper)")
+        secs = rec.seconds_per_iteration or rec.seconds_per_case
+        print(f"[paper-scale] {chain.key}: {label} {'ok' if rec.ok else 'FAILED'}"
+              f"{'' if secs is None else f', {secs:.2f} s'}"
+              f"{'' if rec.peak_rss_mb is None else f', peak {rec.peak_rss_mb:.0f} MB'}"
+              f"{'' if rec.ok else ': ' + str(rec.error)}", flush=True)
+        failed_before = not rec.ok
+        records.append(rec)
+    return records
+
+
+def resolve_standins(folder: Path, needed: set[str], make: bool) -> dict[str, str]:
+    paths = {k: str(folder / v) for k, v in STANDIN_FILES.items()}
+    missing = [k for k in sorted(needed) if not Path(paths[k]).exists()]
+    if missing and make:
+        from common.standins import make_standins
+
+        make_standins(folder, parts=missing)
+        missing = [k for k in missing if not Path(paths[k]).exists()]
+    if missing:
+        raise SystemExit(
+            f"error: {folder}: stand-in part(s) {missing} missing ({[STANDIN_FILES[k] for k in missing]}); "
+            f"write them with `python tools/make_standins.py {folder}` or pass --make-standins"
+        )
+    return paths
+
+
+def select_chains(bundles: list[str] | None, datasets: list[str] | None) -> list[Chain]:
+    chains = all_chains()
+    if bundles:
+        unknown = sorted(set(bundles) - {c.bundle for c in chains})
+        if unknown:
+            raise SystemExit(f"error: unknown bundle(s) {unknown}")
+        chains = [c for c in chains if c.bundle in bundles]
+    if datasets:
+        unknown = sorted(set(datasets) - {c.dataset for c in chains})
+        if unknown:
+            raise SystemExit(f"error: unknown dataset(s) {unknown} for the selected bundles")
+        chains = [c for c in chains if c.dataset in datasets]
+    return chains
+
+
+def write_report(out: Path, records: list[Record], started: str) -> None:
+    from common.atomic import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out / "paper_scale.json", [asdict(r) for r in records])
+    peak = next((r.peak_flops for r in records if r.peak_flops), None)
+    head = (
+        f"# Paper scale on CPU\n\n{started}; {os.cpu_count()} CPU cores, {_memory_total_gb():.0f} GB; measured peak "
+        f"{'-' if peak is None else f'{peak / 1e9:.0f}'} GFLOP/s (fp32 matmul). Stand-in weights (random, "
+        "tools/make_standins.py); synthetic data of the papers' sizes (common.data.paper_size). Training: the 2nd "
+        "of 2 iterations; FLOPs of the 1st (forward + backward, torch.utils.flop_counter). Projected A100 seconds "
+        "= FLOPs / (312 TFLOP/s x 0.35): a projection, not a measurement.\n\n"
+    )
+    atomic_write_text(out / "paper_scale.md", head + markdown_table(records) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--standins", type=Path, help="folder written by tools/make_standins.py")
+    ap.add_argument("--out", type=Path, help="output folder (data, runs, logs, paper_scale.json/.md)")
+    ap.add_argument("--bundles", nargs="*", default=None)
+    ap.add_argument("--datasets", nargs="*", default=None)
+    ap.add_argument("--make-standins", action="store_true", help="write missing stand-ins first")
+    ap.add_argument("--memory-budget-gb", type=float, default=None,
+                    help="stop a run whose process tree passes this (default 90%% of the machine's memory)")
+    ap.add_argument("--timeout-min", type=float, default=60.0, help="time limit of one run")
+    ap.add_argument("--list", action="store_true", help="list the runs and exit")
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return run_child(args.child, args.result)
+    chains = select_chains(args.bundles, args.datasets)
+    if args.list:
+        for c in chains:
+            for st in c.stages:
+                print(f"{c.bundle:12s} {c.dataset:16s} {st.name or st.stage:13s} {_config_label(st.configs)}")
+        return 0
+    if args.standins is None or args.out is None:
+        ap.error("--standins and --out are required")
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    standins = resolve_standins(args.standins.resolve(), {p for c in chains for p in c.standins}, args.make_standins)
+    budget_mb = 1024 * (args.memory_budget_gb or 0.9 * _memory_total_gb())
+    started = time.strftime("%Y-%m-%d %H:%M")
+    records: list[Record] = []
+    previous = args.out / "paper_scale.json"
+    keep: list[dict] = []
+    if previous.is_file() and (args.bundles or args.datasets):  # a partial rerun keeps the other records
+        selected = {(c.bundle, c.dataset) for c in chains}
+        keep = [r for r in json.loads(previous.read_text()) if (r["bundle"], r["dataset"]) not in selected]
+    for chain in chains:
+        records += run_chain(chain, args, standins, budget_mb)
+        write_report(args.out, [Record(**r) for r in keep] + records, started)
+    all_records = [Record(**r) for r in keep] + records
+    write_report(args.out, all_records, started)
+    print("\n" + markdown_table(records))
+    failed = [r for r in records if not r.ok]
+    print(f"\n[paper-scale] {len(records) - len(failed)}/{len(records)} runs ok; report {args.out / 'paper_scale.md'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
