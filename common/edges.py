@@ -39,6 +39,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from common.errors import BadInputError
+from common.standins import warn_if_standin
 
 __all__ = [
     "HED_BGR_MEAN",
@@ -102,6 +103,7 @@ class HEDNetwork(torch.nn.Module):
             )
         if isinstance(state, Mapping) and all(isinstance(k, str) for k in state):
             state = {k.replace("module", "net"): v for k, v in state.items()}
+        warn_if_standin(path, "HED weights")
         load_network_weights(net, state, key=None, source=str(path))
         return net.eval().requires_grad_(False)
 

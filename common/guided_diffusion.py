@@ -38,6 +38,7 @@ from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 from common.checks import describe_state_dict_mismatch
 from common.errors import BadInputError
 from common.legacy_checkpoints import load_state_dict_file, register_checkpoint_converter
+from common.standins import warn_if_standin
 
 __all__ = [
     "ADM_256_UNCOND",
@@ -362,6 +363,7 @@ def load_adm_weights(
             "key that names it (TextDiff: adm_checkpoint) at your copy",
         )
     else:
+        warn_if_standin(path_or_state, "guided-diffusion checkpoint")
         state, source = load_state_dict_file(path_or_state, key=key), str(path_or_state)
     if is_adm_state_dict(state):
         state = convert_adm_state_dict(state, unet, source)

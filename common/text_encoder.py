@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from common.errors import BadInputError
+from common.standins import warn_if_standin
 
 __all__ = [
     "DEFAULT_TEXT_ENCODER",
@@ -133,6 +134,7 @@ def _load_local_folder(folder: Path):
             f"not a text encoder folder: missing {', '.join(missing)}. "
             f"{_how_to_use_local_folder(DEFAULT_TEXT_ENCODER)}",
         )
+    warn_if_standin(folder, "text encoder")
     try:
         return _from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # transformers raises OSError/ValueError/KeyError for unusable folders

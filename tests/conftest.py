@@ -64,20 +64,34 @@ def demo_datalists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: Path(get_converter(name).convert(raw / name, data / name, seed=0)) for name in names}
 
 
+#: opt-in marker -> (command-line flag, environment variable, why it is opt-in)
+OPT_IN = {
+    "monailabel": ("--run-monailabel", "RUN_MONAILABEL", "starts a real MONAI Label server"),
+    "paper_scale": ("--run-paper-scale", "RUN_PAPER_SCALE",
+                    "runs every shipped paper-scale config at the papers' sizes on CPU (hours; ~8 GB of stand-ins)"),
+}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--run-monailabel", action="store_true", default=False,
         help="also run the tests marked `monailabel`: a real MONAI Label server on 127.0.0.1 serving every bundle "
              "(needs MONAI Label's own venv: bash tools/setup_monailabel_env.sh; a few minutes)",
     )
+    parser.addoption(
+        "--run-paper-scale", action="store_true", default=False,
+        help="also run the tests marked `paper_scale`: tools/paper_scale_check.py on every bundle x dataset with "
+             "full-size stand-in weights (PAPER_SCALE_STANDINS, default /tmp/diffseg_standins; hours on 2 cores)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import os
 
-    if config.getoption("--run-monailabel") or os.environ.get("RUN_MONAILABEL") == "1":
-        return
-    skip = pytest.mark.skip(reason="opt-in: pass --run-monailabel (or RUN_MONAILABEL=1) to start a real MONAI Label server")
-    for item in items:
-        if "monailabel" in item.keywords:
-            item.add_marker(skip)
+    for marker, (flag, env, why) in OPT_IN.items():
+        if config.getoption(flag) or os.environ.get(env) == "1":
+            continue
+        skip = pytest.mark.skip(reason=f"opt-in: pass {flag} (or {env}=1); it {why}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)

@@ -123,3 +123,21 @@ def test_textdiffseg_overlays_select_their_dataset():
 def test_diffboost_segmenter_paper_size(overlay):
     net = build_on_meta("diffboost", ["train.json", *overlay], "network_def")
     assert n_params(net) == 2_742_830  # MONAI AttentionUnet, channels (16, 32, 64, 128, 128, 256)
+
+
+def test_diffboost_controlnet_paper_size():
+    """train_controlnet.json's network_def (ControlNetModel.from_unet) on SD v1.5's UNet: the UNet's encoder copied,
+    zero convolutions and the (16, 32, 96, 256) hint embedding; SD v1.5 UNet 859,520,964 (model card)."""
+    from types import SimpleNamespace
+
+    from diffusers import UNet2DConditionModel
+
+    from common.standins import sd_unet_config
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**sd_unet_config())
+    assert n_params(unet) == 859_520_964
+    controlnet = build_on_meta("diffboost", ["train_controlnet.json"], "network_def",
+                               {"sd_parts": SimpleNamespace(unet=unet)})
+    assert n_params(controlnet) == 361_279_120
+    assert controlnet.config.conditioning_embedding_out_channels == (16, 32, 96, 256)

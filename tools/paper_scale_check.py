@@ -46,14 +46,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-#: stand-in part -> path inside the ``--standins`` folder (``tools/make_standins.py`` writes them there)
-STANDIN_FILES = {
-    "adm": "guided_diffusion/256x256_diffusion_uncond.pt",
-    "bert": "Bio_ClinicalBERT",
-    "sd": "stable-diffusion-v1-5",
-    "hed": "hed/network-bsds500.pth",
-    "cdal": "cdal/netG_standin.pth",
-}
 #: the iteration cap of every training run
 TRAIN_CAP = {"train#trainer#max_epochs": 1, "train#trainer#epoch_length": 2}
 #: DiffBoost synthesis caps (paper: 50 images per slice, 20 DDIM steps); figures are reported per step and image
@@ -64,7 +56,7 @@ SYNTHESIS_CAPS = {"num_synthetic": 1, "synthesis_steps": 2}
 class Stage:
     """One run: a stage of a bundle x dataset chain (the stages of a chain share ``ckpt_dir`` and ``output_dir``)."""
 
-    stage: str  # train | inference | synthesis | convert
+    stage: str  # train | inference | synthesis | convert (cDAL authors' checkpoint) | init_weights (benches)
     configs: list[str]
     overrides: dict[str, Any] = field(default_factory=dict)
     batch_key: str | None = None
@@ -152,7 +144,8 @@ class Record:
     bundle: str
     dataset: str
     config: str
-    stage: str
+    stage: str  # train | inference | synthesis | convert | init_weights
+    step: str = ""  # the stage's name in its chain (DiffBoost: controlnet / synthesis / segmentation / inference)
     ok: bool = False
     error: str | None = None
     seconds_per_iteration: float | None = None
@@ -196,8 +189,9 @@ def markdown_table(records: list[Record]) -> str:
         params = (
             "-" if r.params_trainable is None else f"{r.params_trainable:,} / {r.params_frozen or 0:,}"
         )
+        stage = r.stage if r.step in ("", r.stage) else f"{r.stage} ({r.step})"
         rows.append(
-            f"| {r.bundle} | {r.dataset} | {r.config} | {r.stage} | {'yes' if r.ok else 'NO'} | "
+            f"| {r.bundle} | {r.dataset} | {r.config} | {stage} | {'yes' if r.ok else 'NO'} | "
             f"{_fmt(sec, '.2f')}{unit if sec is not None else ''} | {_fmt(r.peak_rss_mb, '.0f')} | "
             f"{_fmt(None if r.flops is None else r.flops / 1e9, '.1f')} | {_fmt(r.peak_fraction, '.2f')} | "
             f"{_fmt(r.projected_gpu_s, '.3f')} | {batch} | {r.input_shape or '-'} | {params} | "
@@ -306,6 +300,14 @@ def _convert_cdal(spec: dict, parser: Any) -> None:
     atomic_torch_save({"model": network.state_dict()}, Path(spec["ckpt_dir"]) / "model.pt")
 
 
+def _init_weights(spec: dict, parser: Any) -> None:
+    """Write the freshly initialised ``network_def`` as ``ckpt_dir/model.pt`` (a raw state dict): inference benches
+    that need weights of the right shapes, not trained ones."""
+    from common.atomic import atomic_torch_save
+
+    atomic_torch_save(parser.get_parsed_content("network_def").state_dict(), Path(spec["ckpt_dir"]) / "model.pt")
+
+
 def run_child(spec_path: Path, result_path: Path) -> int:
     """Run one stage in this process (cwd = the bundle) and write its measurements to ``result_path``."""
     import torch
@@ -322,13 +324,16 @@ def run_child(spec_path: Path, result_path: Path) -> int:
         out["peak_flops"] = measure_peak_flops()
         from monai.bundle import ConfigWorkflow
 
+        stage = spec["stage"]
         workflow = ConfigWorkflow(
             config_file=spec["configs"], meta_file="configs/metadata.json", logging_file="configs/logging.conf",
             workflow_type=None, **spec["overrides"],
         )
-        workflow.initialize()
+        if stage == "init_weights":  # the inference config's initialize loads model.pt, which is being written
+            workflow.parser.parse()
+        else:
+            workflow.initialize()
         parser = workflow.parser
-        stage = spec["stage"]
         probe = None
         if stage == "train":
             probe = _EngineProbe(parser.get_parsed_content("train#trainer"))
@@ -337,6 +342,8 @@ def run_child(spec_path: Path, result_path: Path) -> int:
         t0 = time.perf_counter()
         if stage == "convert":
             _convert_cdal(spec, parser)
+        elif stage == "init_weights":
+            _init_weights(spec, parser)
         elif stage == "synthesis":
             from common.profiling import FlopCount
 
@@ -368,8 +375,9 @@ def run_child(spec_path: Path, result_path: Path) -> int:
             else:
                 out["seconds_per_case"] = sum(probe.iter_s) / len(probe.iter_s)
                 out["notes"].append("inference time measured with the FLOP counter active")
-        workflow.finalize()
-        if stage != "convert":
+        if stage != "init_weights":
+            workflow.finalize()
+        if stage not in ("convert", "init_weights"):
             trainable, frozen = _count_params(parser, stage)
             out["params_trainable"], out["params_frozen"] = trainable, frozen
             seconds = out.get("seconds_per_iteration") or out.get("seconds_per_case")
@@ -475,6 +483,7 @@ def _first_training_cases(datalist: Path, n: int, work: Path) -> Path:
 
 def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], budget_mb: float) -> list[Record]:
     from common.data.paper_size import write_paper_size_dataset
+    from common.standins import standin_overrides
 
     out: Path = args.out
     work = out / "runs" / chain.key
@@ -493,14 +502,11 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
         "dataset_dir": str(datalist.parent), "datalist": str(datalist), "output_dir": str(work / "eval"),
         "ckpt_dir": str(work / "models"), "device": "$torch.device('cpu')",
     }
-    part_keys = {"adm": "adm_checkpoint", "bert": "text_encoder_path", "sd": "sd_model", "hed": "hed_weights"}
-    for part in chain.standins:
-        if part in part_keys:
-            base[part_keys[part]] = standins[part]
+    base.update(standin_overrides(args.standins, chain.standins))
     failed_before = False
     for st in chain.stages:
         label = st.name or st.stage
-        rec = Record(chain.bundle, chain.dataset, _config_label(st.configs), label,
+        rec = Record(chain.bundle, chain.dataset, _config_label(st.configs), st.stage, step=label,
                      paper_batch_size=st.paper_batch_size, caps=dict(st.caps))
         log = logs / f"{chain.key}-{label}.log"
         log.unlink(missing_ok=True)
@@ -552,19 +558,20 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
 
 
 def resolve_standins(folder: Path, needed: set[str], make: bool) -> dict[str, str]:
-    paths = {k: str(folder / v) for k, v in STANDIN_FILES.items()}
-    missing = [k for k in sorted(needed) if not Path(paths[k]).exists()]
-    if missing and make:
-        from common.standins import make_standins
+    """``{part: path}`` of the stand-ins ``needed`` (written first with ``make``); exits naming what is missing."""
+    from common.standins import PART_FOLDERS, PARTS, make_standins, standin_complete, standin_path
 
+    missing = [k for k in PARTS if k in needed and not standin_complete(folder / PART_FOLDERS[k])]
+    if missing and make:
         make_standins(folder, parts=missing)
-        missing = [k for k in missing if not Path(paths[k]).exists()]
+        missing = []
     if missing:
         raise SystemExit(
-            f"error: {folder}: stand-in part(s) {missing} missing ({[STANDIN_FILES[k] for k in missing]}); "
-            f"write them with `python tools/make_standins.py {folder}` or pass --make-standins"
+            f"error: {folder}: stand-in part(s) {missing} missing or incomplete "
+            f"({[str(standin_path(folder, k)) for k in missing]}); write them with "
+            f"`python tools/make_standins.py {folder}` or pass --make-standins"
         )
-    return paths
+    return {k: str(standin_path(folder, k)) for k in PARTS}
 
 
 def select_chains(bundles: list[str] | None, datasets: list[str] | None) -> list[Chain]:
@@ -580,6 +587,69 @@ def select_chains(bundles: list[str] | None, datasets: list[str] | None) -> list
             raise SystemExit(f"error: unknown dataset(s) {unknown} for the selected bundles")
         chains = [c for c in chains if c.dataset in datasets]
     return chains
+
+
+def card_table(records: list[Record]) -> str:
+    """The model card's "Paper scale on CPU" table of one bundle's records."""
+    rows = [
+        "| dataset | config | stage | s/iteration or s/case | peak RSS GB | GFLOP | peak fraction | "
+        "projected A100 s | batch (paper) | input | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        sec = r.seconds_per_iteration if r.seconds_per_iteration is not None else r.seconds_per_case
+        unit = " /iter" if r.seconds_per_iteration is not None else " /case"
+        stage = r.stage if r.step in ("", r.stage) else f"{r.stage} ({r.step})"
+        batch = "-" if r.batch_size is None else f"{r.batch_size} ({r.paper_batch_size})"
+        notes = [f"{k}={v}" for k, v in r.caps.items()] + [n for n in r.notes if "FLOP counter" not in n]
+        if r.seconds_per_step is not None:
+            notes.append(f"{r.seconds_per_step:.1f} s per DDIM step")
+        if not r.ok:
+            notes.append(f"FAILED: {r.error}")
+        rows.append(
+            f"| {r.dataset} | {r.config} | {stage} | {_fmt(sec, '.1f')}{unit if sec is not None else ''} | "
+            f"{_fmt(None if r.peak_rss_mb is None else r.peak_rss_mb / 1024, '.1f')} | "
+            f"{_fmt(None if r.flops is None else r.flops / 1e9, '.0f')} | {_fmt(r.peak_fraction, '.2f')} | "
+            f"{_fmt(r.projected_gpu_s, '.2f')} | {batch} | {r.input_shape or '-'} | "
+            f"{'; '.join(notes).replace('|', '/')} |"
+        )
+    return "\n".join(rows)
+
+
+def replace_marked_section(path: Path, marker: str, text: str) -> bool:
+    """Replace what stands between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``path`` by ``text``;
+    False (nothing written) when the markers are absent."""
+    from common.atomic import atomic_write_text
+
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    doc = path.read_text(encoding="utf-8")
+    if start not in doc or end not in doc:
+        return False
+    head, rest = doc.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(path, f"{head}{start}\n{text.strip()}\n{end}{tail}")
+    return True
+
+
+def update_model_cards(records: list[Record], started: str) -> list[Path]:
+    """Write each bundle's records into its model card (between the ``paper-scale`` markers)."""
+    peak = next((r.peak_flops for r in records if r.peak_flops), None)
+    done = []
+    for bundle in sorted({r.bundle for r in records}):
+        card = REPO_ROOT / "bundles" / bundle / "docs" / "README.md"
+        rows = [r for r in records if r.bundle == bundle]
+        text = (
+            f"Measured by `tools/paper_scale_check.py` ({started}, {os.cpu_count()} CPU cores, measured peak "
+            f"{'-' if peak is None else f'{peak / 1e9:.0f}'} GFLOP/s fp32): the shipped configs with stand-in "
+            "weights (`tools/make_standins.py`) on synthetic data of the papers' sizes; training = the 2nd of 2 "
+            "iterations at the paper's batch size (or the largest that fits in 24 GB, noted), inference = one "
+            "full-size case; FLOPs from `torch.utils.flop_counter` (convolutions, matmuls, attention; forward + "
+            "backward for training); peak fraction = achieved FLOP/s over the measured peak; projected A100 s = "
+            "FLOPs / (312 TFLOP/s x 0.35), a projection, not a measurement.\n\n" + card_table(rows)
+        )
+        if card.is_file() and replace_marked_section(card, "paper-scale", text):
+            done.append(card)
+    return done
 
 
 def write_report(out: Path, records: list[Record], started: str) -> None:
@@ -608,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop a run whose process tree passes this (default 90%% of the machine's memory)")
     ap.add_argument("--timeout-min", type=float, default=60.0, help="time limit of one run")
     ap.add_argument("--list", action="store_true", help="list the runs and exit")
+    ap.add_argument("--update-cards", action="store_true",
+                    help="write the records of OUT/paper_scale.json into the model cards and exit")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -618,6 +690,14 @@ def main(argv: list[str] | None = None) -> int:
         for c in chains:
             for st in c.stages:
                 print(f"{c.bundle:12s} {c.dataset:16s} {st.name or st.stage:13s} {_config_label(st.configs)}")
+        return 0
+    if args.update_cards:
+        if args.out is None:
+            ap.error("--update-cards needs --out")
+        recs = [Record(**r) for r in json.loads((args.out / "paper_scale.json").read_text())]
+        stamp = time.strftime("%Y-%m-%d", time.localtime((args.out / "paper_scale.json").stat().st_mtime))
+        for card in update_model_cards(recs, stamp):
+            print(f"[paper-scale] updated {card}")
         return 0
     if args.standins is None or args.out is None:
         ap.error("--standins and --out are required")

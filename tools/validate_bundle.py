@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Validate a bundle of this collection against the bundle contract (``bundles/README.md``).
 
-    python tools/validate_bundle.py bundles/<name> [--override configs/demo.json] [--no-network-check]
+    python tools/validate_bundle.py bundles/<name> [--override configs/demo.json] [--standins DIR] [--no-network-check]
 
 Checks, in order (each prints PASS/FAIL with the reason; exit code 1 if any fails):
 
@@ -18,7 +18,10 @@ Checks, in order (each prints PASS/FAIL with the reason; exit code 1 if any fail
                   on CPU and maps a ``(1, num_channels, *spatial_shape)`` input of the metadata's dtype to an output
                   with ``pred.num_channels`` channels and the same spatial shape. Networks whose forward needs more
                   than the image (diffusion UNets need timesteps and context) are checked through the config's
-                  ``inferer`` called as MONAI Label calls it: ``inferer(image, network)``.
+                  ``inferer`` called as MONAI Label calls it: ``inferer(image, network)``. Without ``--override``
+                  this is the PAPER-SCALE network; its pretrained parts (TextDiff's ADM UNet and text encoder,
+                  TextDiffSeg's text encoder) come from their configured locations, or from the random-weight
+                  stand-ins of ``tools/make_standins.py`` with ``--standins DIR``.
 """
 
 from __future__ import annotations
@@ -211,20 +214,24 @@ def _scripts_modules() -> dict[str, Any]:
     return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
 
 
-def check_network(bundle: Path, meta: dict, report: Report, override: str | None) -> None:
+def check_network(
+    bundle: Path, meta: dict, report: Report, override: str | None, standins: str | Path | None = None
+) -> None:
     """Run :func:`_check_network` with the bundle's ``scripts`` package importable (as ``monai.bundle run`` puts the
     bundle root on ``sys.path``); another bundle's cached ``scripts`` modules and ``sys.path`` are restored after."""
     saved = _scripts_modules()
     sys.path.insert(0, str(bundle))
     try:
-        _check_network(bundle, meta, report, override)
+        _check_network(bundle, meta, report, override, standins)
     finally:
         sys.path.remove(str(bundle))
         _scripts_modules()
         sys.modules.update(saved)
 
 
-def _check_network(bundle: Path, meta: dict, report: Report, override: str | None) -> None:
+def _check_network(
+    bundle: Path, meta: dict, report: Report, override: str | None, standins: str | Path | None = None
+) -> None:
     import torch
     from monai.bundle import ConfigParser
 
@@ -233,6 +240,12 @@ def _check_network(bundle: Path, meta: dict, report: Report, override: str | Non
         parser = ConfigParser(config)
         parser["device"] = "$torch.device('cpu')"
         parser["bundle_root"] = str(bundle)
+        if standins is not None:
+            from common.standins import standin_overrides
+
+            for key, path in standin_overrides(standins).items():
+                if key in parser:
+                    parser[key] = path
         net = parser.get_parsed_content("network_def")
     except Exception as e:  # noqa: BLE001
         report.fail("network", f"{bundle / 'configs/inference.json'}: network_def does not instantiate: {e}")
@@ -270,8 +283,11 @@ def _check_network(bundle: Path, meta: dict, report: Report, override: str | Non
     report.ok("network", f"{how}: {tuple(x.shape)} -> {tuple(y.shape)}, {n_params:,} parameters")
 
 
-def validate_bundle(bundle: str | Path, override: str | None = None, network: bool = True) -> Report:
-    """Run all checks on ``bundle`` and return the report (``report.failed`` tells the outcome)."""
+def validate_bundle(
+    bundle: str | Path, override: str | None = None, network: bool = True, standins: str | Path | None = None
+) -> Report:
+    """Run all checks on ``bundle`` and return the report (``report.failed`` tells the outcome); ``standins``: the
+    folder of ``tools/make_standins.py`` for the pretrained parts of the network check."""
     bundle = Path(bundle).resolve()
     report = Report()
     if not bundle.is_dir():
@@ -282,7 +298,7 @@ def validate_bundle(bundle: str | Path, override: str | None = None, network: bo
     if (bundle / "configs").is_dir():
         check_configs(bundle, report, override)
     if network and meta is not None and (bundle / "configs" / "inference.json").is_file():
-        check_network(bundle, meta, report, override)
+        check_network(bundle, meta, report, override, standins)
     return report
 
 
@@ -291,9 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("bundle", help="bundle folder, e.g. bundles/textdiff")
     ap.add_argument("--override", default=None, help="config merged on inference.json for the network check, "
                     "e.g. configs/demo.json (the paper-scale network can be large)")
+    ap.add_argument("--standins", default=None, help="folder written by tools/make_standins.py: the network check "
+                    "loads the pretrained parts from there (random weights in the official formats)")
     ap.add_argument("--no-network-check", action="store_true", help="skip instantiating network_def")
     args = ap.parse_args(argv)
-    report = validate_bundle(args.bundle, args.override, network=not args.no_network_check)
+    report = validate_bundle(args.bundle, args.override, network=not args.no_network_check, standins=args.standins)
     print(report)
     print(f"{'INVALID' if report.failed else 'VALID'}: {Path(args.bundle)}")
     return 1 if report.failed else 0

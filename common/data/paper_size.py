@@ -50,23 +50,23 @@ class PaperSizeDataset:
     name: str
     description: str
     converter: str
-    write_raw: Callable[[Path, int, int], None]  # (raw folder, number of labelled cases, seed)
+    write_raw: Callable[[Path, int, int, Any], None]  # (raw folder, number of labelled cases, seed, size or None)
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _monuseg(raw: Path, n: int, seed: int) -> None:
+def _monuseg(raw: Path, n: int, seed: int, size: int | None = None) -> None:
     from common.data.synthetic import make_monuseg_like
 
-    make_monuseg_like(raw, n_train=n, n_test=0, size=1000, seed=seed)
+    make_monuseg_like(raw, n_train=n, n_test=0, size=size or 1000, seed=seed)
 
 
-def _qata(raw: Path, n: int, seed: int) -> None:
+def _qata(raw: Path, n: int, seed: int, size: int | None = None) -> None:
     from common.data.synthetic_qata import make_qata_like
 
-    make_qata_like(raw, n_train=n, n_val=0, n_test=0, size=224, seed=seed)
+    make_qata_like(raw, n_train=n, n_val=0, n_test=0, size=size or 224, seed=seed)
 
 
-def _cxr(raw: Path, n: int, seed: int) -> None:
+def _cxr(raw: Path, n: int, seed: int, size: None = None) -> None:
     from common.data.synthetic_cxr import MONTGOMERY_SIZE, SHENZHEN_SIZE, make_cxr_lungs_like
 
     n_test = max(1, n // 4)
@@ -75,32 +75,39 @@ def _cxr(raw: Path, n: int, seed: int) -> None:
 
 
 def _msd(task: str, n_classes: int, labels: tuple[str, ...], shape: tuple[int, int, int],
-         spacing: tuple[float, float, float], n_channels: int = 1) -> Callable[[Path, int, int], None]:
-    def write(raw: Path, n: int, seed: int) -> None:
+         spacing: tuple[float, float, float], n_channels: int = 1) -> Callable[[Path, int, int, Any], None]:
+    def write(raw: Path, n: int, seed: int, size: tuple[int, int, int] | None = None) -> None:
         from common.data.synthetic import make_msd_like
 
-        make_msd_like(raw, n_train=n, n_test=0, n_classes=n_classes, n_channels=n_channels, shape=shape,
+        make_msd_like(raw, n_train=n, n_test=0, n_classes=n_classes, n_channels=n_channels, shape=size or shape,
                       spacing=spacing, seed=seed, task_name=task, label_names=labels)
 
     return write
 
 
-def _kits21(raw: Path, n: int, seed: int) -> None:
+def _kits21(raw: Path, n: int, seed: int, size: tuple[int, int, int] | None = None) -> None:
     from common.data.synthetic_ct import make_kits21_like
 
-    make_kits21_like(raw, n_labelled=n, n_test=0, shape=(120, 512, 512), spacing=(3.0, 0.78, 0.78), seed=seed)
+    make_kits21_like(raw, n_labelled=n, n_test=0, shape=size or (120, 512, 512), spacing=(3.0, 0.78, 0.78), seed=seed)
 
 
-def _lits(raw: Path, n: int, seed: int) -> None:
+def _lits(raw: Path, n: int, seed: int, size: tuple[int, int, int] | None = None) -> None:
     from common.data.synthetic_ct import make_lits_like
 
-    make_lits_like(raw, n_labelled=n, n_test=0, shape=(512, 512, 120), spacing=(0.78, 0.78, 2.5), seed=seed)
+    make_lits_like(raw, n_labelled=n, n_test=0, shape=size or (512, 512, 120), spacing=(0.78, 0.78, 2.5), seed=seed)
 
 
-def _busi(raw: Path, n: int, seed: int) -> None:
+def _lits_resampled(raw: Path, n: int, seed: int, size: tuple[int, int, int] | None = None) -> None:
+    """LiTS layout at TextDiffSeg's training spacing (1.5 x 1.5 x 2 mm): voxels in = voxels the network sees."""
+    from common.data.synthetic_ct import make_lits_like
+
+    make_lits_like(raw, n_labelled=n, n_test=0, shape=size or (256, 256, 200), spacing=(1.5, 1.5, 2.0), seed=seed)
+
+
+def _busi(raw: Path, n: int, seed: int, size: tuple[int, int] | None = None) -> None:
     from common.data.synthetic_busi import make_busi_like
 
-    make_busi_like(raw, n_benign=0, n_malignant=n, n_normal=0, size=(500, 600), seed=seed)
+    make_busi_like(raw, n_benign=0, n_malignant=n, n_normal=0, size=size or (500, 600), seed=seed)
 
 
 PAPER_SIZE_DATASETS: dict[str, PaperSizeDataset] = {
@@ -115,6 +122,8 @@ PAPER_SIZE_DATASETS: dict[str, PaperSizeDataset] = {
                               (1.0, 1.0, 1.0))),
         PaperSizeDataset("kits21", "120 x 512 x 512 CT at 3.0 x 0.78 x 0.78 mm (KiTS21)", "kits21", _kits21),
         PaperSizeDataset("lits", "512 x 512 x 120 CT at 0.78 x 0.78 x 2.5 mm (LiTS)", "lits", _lits),
+        PaperSizeDataset("lits_1.5mm", "LiTS layout at 1.5 x 1.5 x 2 mm (bench: voxel count = network input)", "lits",
+                         _lits_resampled),
         PaperSizeDataset("msd_pancreas", "512 x 512 x 96 CT at 0.78 x 0.78 x 2.5 mm (MSD Task07)", "msd",
                          _msd("Task07_Pancreas", 3, ("background", "pancreas", "cancer"), (512, 512, 96),
                               (0.78, 0.78, 2.5))),
@@ -141,13 +150,15 @@ def _labelled_cases(doc: dict) -> list[dict]:
 
 
 def write_paper_size_dataset(
-    name: str, dst: str | Path, n_train: int, n_val: int = 0, n_test: int = 1, seed: int = 0, volumes: int | None = None
+    name: str, dst: str | Path, n_train: int, n_val: int = 0, n_test: int = 1, seed: int = 0, volumes: int | None = None,
+    size: Any = None,
 ) -> Path:
     """Write paper-size dataset ``name`` under ``dst``; return ``dst/datalist.json``.
 
     The datalist holds exactly ``n_train`` / ``n_val`` / ``n_test`` labelled cases (absolute paths into
     ``dst/converted``). ``volumes`` is the number of labelled cases the raw release gets (default the sum; slice
-    datasets need fewer volumes than slices).
+    datasets need fewer volumes than slices). ``size`` replaces the release's image size (an int side for
+    ``monuseg`` / ``qata``, ``(H, W)`` for ``busi``, a volume shape for the 3D sets; not ``cxr``): cost curves.
 
     Raises:
         BadInputError: unknown ``name``, or the conversion gave fewer labelled cases than asked for.
@@ -156,7 +167,8 @@ def write_paper_size_dataset(
         raise BadInputError(name, f"unknown paper-size dataset; available: {sorted(PAPER_SIZE_DATASETS)}")
     spec = PAPER_SIZE_DATASETS[name]
     dst = Path(dst)
-    want = {"name": name, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed, "volumes": volumes}
+    want = {"name": name, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed, "volumes": volumes,
+            "size": list(size) if isinstance(size, (list, tuple)) else size}
     stamp = dst / STAMP_NAME
     datalist = dst / "datalist.json"
     if stamp.is_file() and datalist.is_file() and json.loads(stamp.read_text()) == want:
@@ -164,7 +176,7 @@ def write_paper_size_dataset(
     for sub in ("raw", "converted"):
         shutil.rmtree(dst / sub, ignore_errors=True)
     n_needed = n_train + n_val + n_test
-    spec.write_raw(dst / "raw", volumes or n_needed, seed)
+    spec.write_raw(dst / "raw", volumes or n_needed, seed, tuple(size) if isinstance(size, list) else size)
     from common.data.converters import get_converter
     from common.data.datalist import read_datalist
 

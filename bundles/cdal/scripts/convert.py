@@ -33,6 +33,7 @@ from common.atomic import atomic_torch_save
 from common.checks import describe_state_dict_mismatch
 from common.errors import BadInputError
 from common.legacy_checkpoints import load_state_dict_file, register_checkpoint_converter
+from common.standins import warn_if_standin
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,6 +117,7 @@ def build_generator(config: str, overrides: list[str] | None = None) -> torch.nn
 @register_checkpoint_converter("cdal")
 def convert_cdal(args: argparse.Namespace) -> Path:
     """cDAL authors' generator checkpoint (NCSNpp all_modules.* keys) -> CDALGenerator weights."""
+    warn_if_standin(args.src, "cDAL generator checkpoint")
     net = build_generator(args.network, args.override)
     official = load_state_dict_file(args.src, key=args.key)
     new = convert_official_generator_state_dict(net, official, source=args.src)

@@ -26,6 +26,7 @@ import torch
 
 from common.atomic import atomic_write_text
 from common.errors import BadInputError
+from common.standins import warn_if_standin
 from common.training.distributed import is_distributed, process_rank
 
 __all__ = ["SD_SUBFOLDERS", "StableDiffusionParts", "load_sd_parts", "build_tiny_sd_parts", "make_controlnet"]
@@ -106,6 +107,7 @@ def load_sd_parts(
         missing = [s for s in SD_SUBFOLDERS if not (folder / s).is_dir()]
         if missing:
             raise _missing_parts_error(name, f"the folder lacks the subfolder(s) {missing}")
+        warn_if_standin(folder, "Stable Diffusion")
     kwargs = {"local_files_only": local_files_only}
     try:
         vae = AutoencoderKL.from_pretrained(name, subfolder="vae", **kwargs)
