@@ -23,7 +23,6 @@ per window-step does not depend on the step count, and the sliding-window memory
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import asdict
@@ -35,6 +34,9 @@ for p in (str(REPO), str(REPO / "tools")):
         sys.path.insert(0, p)
 
 import paper_scale_check as psc  # noqa: E402  (tools/paper_scale_check.py)
+
+from common.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from common.profiling import memory_total_gb  # noqa: E402
 
 #: bundle -> (paper-size dataset, the three sizes, inference overlay files, stand-in parts)
 SWEEPS: dict[str, tuple[str, list, list[str], list[str]]] = {
@@ -53,6 +55,7 @@ def windows_96(shape: tuple[int, ...], roi: int = 96, overlap: float = 0.5) -> i
 
 
 def sweep_chains(bundles: list[str], steps_cap: int) -> list[psc.Chain]:
+    """Per bundle and size: write the weights of the freshly initialised network, then infer one case."""
     chains = []
     for bundle in bundles:
         dataset, sizes, overlay, parts = SWEEPS[bundle]
@@ -73,6 +76,7 @@ def _pixels(dataset_label: str) -> int:
 
 
 def plot(records: list[psc.Record], out: Path) -> list[Path]:
+    """One PNG per bundle: seconds per case (left axis) and peak memory (right axis) against the input size."""
     try:
         import matplotlib
 
@@ -115,8 +119,9 @@ def update_cards(records: list[psc.Record], plots: list[Path], when: str) -> Non
 
     for bundle in sorted({r.bundle for r in records}):
         docs = REPO / "bundles" / bundle / "docs"
-        text = f"Measured {when} on this CPU ({len([r for r in records if r.bundle == bundle and r.stage == 'inference'])} sizes):\n\n"
-        text += table([r for r in records if r.bundle == bundle])
+        rows = [r for r in records if r.bundle == bundle]
+        text = f"Measured {when} on this CPU ({len([r for r in rows if r.stage == 'inference'])} sizes):\n\n"
+        text += table(rows)
         png = next((p for p in plots if p.name == f"input_size_{bundle}.png"), None)
         if png is not None:
             shutil.copyfile(png, docs / "input_size.png")
@@ -126,7 +131,9 @@ def update_cards(records: list[psc.Record], plots: list[Path], when: str) -> Non
 
 
 def table(records: list[psc.Record]) -> str:
-    rows = ["| bundle | input | s/case | peak RSS MB | GFLOP/case | peak fraction | notes |", "|---|---|---|---|---|---|---|"]
+    """The inference records as a Markdown table (TextDiffSeg rows name their number of windows)."""
+    rows = ["| bundle | input | s/case | peak RSS MB | GFLOP/case | peak fraction | notes |",
+            "|---|---|---|---|---|---|---|"]
     for r in records:
         if r.stage != "inference":
             continue
@@ -145,6 +152,7 @@ def table(records: list[psc.Record]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (module docstring); exit code 1 when a run failed."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--standins", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
@@ -159,13 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     chains = sweep_chains(args.bundles, args.steps_cap)
     standins = psc.resolve_standins(args.standins.resolve(), {p for c in chains for p in c.standins}, make=False)
     args.standins = args.standins.resolve()
-    budget_mb = 1024 * (args.memory_budget_gb or 0.9 * psc._memory_total_gb())
+    budget_mb = 1024 * (args.memory_budget_gb or 0.9 * memory_total_gb())
     records: list[psc.Record] = []
     for chain in chains:
         records += psc.run_chain(chain, args, standins, budget_mb)
-        (args.out / "input_size.json").write_text(json.dumps([asdict(r) for r in records], indent=2))
+        atomic_write_json(args.out / "input_size.json", [asdict(r) for r in records])
     text = table(records)
-    (args.out / "input_size.md").write_text(text + "\n")
+    atomic_write_text(args.out / "input_size.md", text + "\n")
     print("\n" + text)
     plots = plot(records, args.out)
     for p in plots:

@@ -7,13 +7,17 @@ Used by ``tools/paper_scale_check.py`` and ``bench/``. Every figure is measured 
 - :class:`FlopCount` -- ``torch.utils.flop_counter.FlopCounterMode`` as a context manager that can be entered and left
   from engine events (FLOPs of convolutions, matmuls and attention, forward and backward: what the FLOP counter
   knows; element-wise work is not counted, so memory-bound layers show up as a low peak fraction);
-- :func:`peak_rss_mb` -- the process's peak resident memory (``getrusage``), :func:`current_rss_mb` its current one;
+- :func:`peak_rss_mb` -- the process's peak resident memory (``getrusage``), :func:`current_rss_mb` its current one,
+  :func:`current_pss_mb` its proportional set size (shared pages divided among the processes sharing them: the sum
+  over a process and its forked DataLoader workers is their real footprint, the sum of RSS counts shared pages
+  once per worker), :func:`memory_total_gb` the machine's memory;
 - :func:`projected_gpu_seconds` -- a PROJECTION of the same FLOPs on an NVIDIA A100 at an assumed utilisation (fp16
   tensor-core peak 312 TFLOP/s dense, NVIDIA A100 datasheet); a projection, never a measurement.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -25,8 +29,11 @@ __all__ = [
     "A100_FP16_PEAK_FLOPS",
     "ASSUMED_GPU_UTILISATION",
     "FlopCount",
+    "current_pss_mb",
     "current_rss_mb",
     "measure_peak_flops",
+    "memory_total_gb",
+    "process_tree_pss_mb",
     "peak_rss_mb",
     "projected_gpu_seconds",
 ]
@@ -141,6 +148,48 @@ def current_rss_mb(pid: int | str = "self") -> float:
     except (OSError, ValueError):
         pass
     return 0.0
+
+
+def current_pss_mb(pid: int | str = "self") -> float:
+    """Proportional set size of process ``pid`` (Linux ``/proc/<pid>/smaps_rollup`` Pss), in MiB; falls back to
+    :func:`current_rss_mb` where that file is missing; 0 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024.0
+    except FileNotFoundError:
+        return current_rss_mb(pid)
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def process_tree_pss_mb(pid: int) -> float:
+    """PSS of ``pid`` and all its descendants (``/proc/<pid>/task/*/children``), in MiB: the memory the tree uses."""
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += current_pss_mb(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children", encoding="ascii") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def memory_total_gb() -> float:
+    """This machine's memory (``/proc/meminfo`` MemTotal), in GiB."""
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024**2
+    raise RuntimeError("/proc/meminfo has no MemTotal line")
 
 
 def projected_gpu_seconds(

@@ -9,31 +9,16 @@ ControlNet of SD v1.5). The full runs at paper size are ``tests/test_paper_scale
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import contextlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from helpers.bundle_scripts import bundle_scripts
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@contextmanager
-def bundle_scripts(bundle: str) -> Iterator[None]:
-    """Import ``scripts`` from ``bundles/<bundle>`` (as ``monai.bundle run`` does from the bundle folder)."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scripts" or k.startswith("scripts.")}
-    root = str(REPO / "bundles" / bundle)
-    sys.path.insert(0, root)
-    try:
-        yield
-    finally:
-        sys.path.remove(root)
-        for k in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
 
 
 def build_on_meta(bundle: str, files: list[str], ident: str, overrides: dict[str, Any] | None = None,
@@ -41,7 +26,8 @@ def build_on_meta(bundle: str, files: list[str], ident: str, overrides: dict[str
     """``ident`` of the merged shipped configs, instantiated on the meta device (``cpu_first`` ids on CPU before)."""
     from monai.bundle import ConfigParser
 
-    with bundle_scripts(bundle):
+    has_scripts = (REPO / "bundles" / bundle / "scripts").is_dir()  # TextDiff's code is all in common/
+    with bundle_scripts(bundle) if has_scripts else contextlib.nullcontext():
         parser = ConfigParser(
             ConfigParser.load_config_files([str(REPO / "bundles" / bundle / "configs" / f) for f in files])
         )
@@ -59,18 +45,24 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+#: the shipped configs that build each network: training and inference must build the same one
+CONFIGS = ("train.json", "inference.json")
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize(
     "overlay, expected",
     [([], 9_683_234), (["qata.json"], 10_862_882)],  # paper Table 1 (9.68 M); QaTa blocks 4, 6, 8, 12
 )
-def test_textdiff_head_paper_size(overlay, expected):
-    head = build_on_meta("textdiff", ["train.json", *overlay], "network_def")
+def test_textdiff_head_paper_size(config: str, overlay: list[str], expected: int) -> None:
+    head = build_on_meta("textdiff", [config, *overlay], "network_def")
     assert n_params(head) == expected
 
 
-def test_textdiff_adm_unet_paper_size():
-    """The frozen ImageNet ADM UNet of TextDiff's train.json (checkpoint loading switched off: shapes only)."""
-    unet = build_on_meta("textdiff", ["train.json"], "diffusion_unet_def", {"adm_checkpoint": None})
+@pytest.mark.parametrize("config", CONFIGS)
+def test_textdiff_adm_unet_paper_size(config: str) -> None:
+    """The frozen ImageNet ADM UNet of TextDiff's configs (checkpoint loading switched off: shapes only)."""
+    unet = build_on_meta("textdiff", [config], "diffusion_unet_def", {"adm_checkpoint": None})
     assert n_params(unet) == 552_814_086
     assert all(not p.requires_grad for p in unet.parameters())
 
@@ -83,10 +75,10 @@ def test_textdiff_adm_unet_paper_size():
         (["hippocampus.json"], 3_682_275, 12_462_849),  # 3D; small discriminator
     ],
 )
-def test_cdal_networks_paper_size(overlay, generator, discriminator):
-    files = ["train.json", *overlay]
-    assert n_params(build_on_meta("cdal", files, "network_def")) == generator
-    assert n_params(build_on_meta("cdal", files, "discriminator_def")) == discriminator
+def test_cdal_networks_paper_size(overlay: list[str], generator: int, discriminator: int) -> None:
+    assert n_params(build_on_meta("cdal", ["train.json", *overlay], "discriminator_def")) == discriminator
+    for config in CONFIGS:
+        assert n_params(build_on_meta("cdal", [config, *overlay], "network_def")) == generator
 
 
 # TextDiffSeg (model card, architecture): image encoder 627,089; image-latent norm 2; cross-modal fusion 98,433;
@@ -95,37 +87,92 @@ def test_cdal_networks_paper_size(overlay, generator, discriminator):
     "overlay, n_classes",
     [("kits21.json", 4), ("lits.json", 3), ("pancreas.json", 2), ("colon.json", 2)],
 )
-def test_textdiffseg_network_paper_size(overlay, n_classes):
-    net = build_on_meta("textdiffseg", ["train.json", overlay], "network_def", cpu_first=("scheduler",))
-    parts = {name: n_params(m) for name, m in net.named_children()}
-    assert parts["image_encoder"] == 627_089
-    assert parts["fusion"] == 98_433
-    assert parts["denoiser"] == 2_610_641
-    assert parts["label_autoencoder"] == 1_395_475 + 865 * (n_classes - 2)
-    assert n_params(net) == 4_731_640 + 865 * (n_classes - 2)
+def test_textdiffseg_network_paper_size(overlay: str, n_classes: int) -> None:
+    for config in CONFIGS:
+        net = build_on_meta("textdiffseg", [config, overlay], "network_def", cpu_first=("scheduler",))
+        parts = {name: n_params(m) for name, m in net.named_children()}
+        assert parts["image_encoder"] == 627_089
+        assert parts["fusion"] == 98_433
+        assert parts["denoiser"] == 2_610_641
+        assert parts["label_autoencoder"] == 1_395_475 + 865 * (n_classes - 2)
+        assert n_params(net) == 4_731_640 + 865 * (n_classes - 2)
 
 
-def test_textdiffseg_overlays_select_their_dataset():
+def _parser(bundle: str, files: list[str]) -> Any:
     from monai.bundle import ConfigParser
 
-    cfg = REPO / "bundles" / "textdiffseg" / "configs"
-    for overlay, name, classes in (("kits21.json", "kits21", 4), ("lits.json", "lits", 3),
-                                   ("pancreas.json", "msd_pancreas", 2), ("colon.json", "msd_colon", 2)):
-        parser = ConfigParser(ConfigParser.load_config_files([str(cfg / "train.json"), str(cfg / overlay)]))
+    cfg = REPO / "bundles" / bundle / "configs"
+    parser = ConfigParser(ConfigParser.load_config_files([str(cfg / f) for f in files]))
+    parser["bundle_root"] = str(REPO / "bundles" / bundle)
+    return parser
+
+
+@pytest.mark.parametrize(
+    "overlay, name, classes",
+    [("kits21.json", "kits21", 4), ("lits.json", "lits", 3), ("pancreas.json", "msd_pancreas", 2),
+     ("colon.json", "msd_colon", 2)],
+)
+def test_textdiffseg_overlays_select_their_dataset(overlay: str, name: str, classes: int) -> None:
+    for config in CONFIGS:
+        parser = _parser("textdiffseg", [config, overlay])
         assert parser.get_parsed_content("dataset_name") == name
         assert parser.get_parsed_content("num_classes") == classes
         assert len(parser.get_parsed_content("dataset_prompts")) == classes - 1
-    pancreas = ConfigParser(ConfigParser.load_config_files([str(cfg / "train.json"), str(cfg / "pancreas.json")]))
-    assert pancreas["label_orig"] == [0, 1, 2] and pancreas["label_target"] == [0, 1, 1]  # paper 3.1: merged
 
 
+def test_textdiffseg_pancreas_merges_tumour_into_pancreas_for_training_and_evaluation() -> None:
+    """Paper section 3.1: pancreas (1) and tumour (2) are one class. The training transforms map the labels, and
+    the evaluation maps the ground truth the same way (else 'label value 2 is not below num_classes=2')."""
+    with bundle_scripts("textdiffseg"):
+        parser = _parser("textdiffseg", ["train.json", "pancreas.json"])
+        mapper = next(t for t in parser.get_parsed_content("train#preprocessing").transforms
+                      if type(t).__name__ == "MapLabelValued")
+        label = torch.tensor([[[[0, 1, 2, 2]]]])
+        assert mapper({"label": label})["label"].flatten().tolist() == [0, 1, 1, 1]
+        evaluation = _parser("textdiffseg", ["inference.json", "evaluate.json", "pancreas.json"])
+        assert evaluation.get_parsed_content("evaluation").label_mapping == {0: 0, 1: 1, 2: 1}
+        plain = _parser("textdiffseg", ["inference.json", "evaluate.json", "lits.json"])
+        assert plain.get_parsed_content("evaluation").label_mapping is None
+
+
+def test_evaluation_label_mapping_merges_before_the_metrics(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from common.evaluation import evaluate_cases
+
+    label = np.zeros((8, 8, 4), np.uint8)
+    label[2:4, 2:4, :2], label[4:6, 4:6, :2] = 1, 2
+    pred = (label > 0).astype(np.uint8)
+    for name, arr in (("label", label), ("pred", pred)):
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / f"{name}.nii.gz")
+    case = {"case_id": "c", "label": str(tmp_path / "label.nii.gz"), "pred": str(tmp_path / "pred.nii.gz")}
+    summary = evaluate_cases([case], 2, tmp_path / "out", overlay=False, label_mapping={2: 1})
+    assert summary["over_classes"]["dice"]["mean"] == pytest.approx(1.0)
+    from common.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="label value 2"):
+        evaluate_cases([case], 2, tmp_path / "out2", overlay=False)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("overlay", [[], ["spleen.json"], ["prostate.json"]])
-def test_diffboost_segmenter_paper_size(overlay):
-    net = build_on_meta("diffboost", ["train.json", *overlay], "network_def")
+def test_diffboost_segmenter_paper_size(config: str, overlay: list[str]) -> None:
+    net = build_on_meta("diffboost", [config, *overlay], "network_def")
     assert n_params(net) == 2_742_830  # MONAI AttentionUnet, channels (16, 32, 64, 128, 128, 256)
 
 
-def test_diffboost_controlnet_paper_size():
+@pytest.mark.parametrize("overlay, ext, name", [("spleen.json", ".nii.gz", "spleen"),
+                                                ("prostate.json", ".nii.gz", "prostate")])
+def test_diffboost_dataset_overlays(overlay: str, ext: str, name: str) -> None:
+    for config in ("train_controlnet.json", "synthesize.json", "train.json", "inference.json"):
+        parser = _parser("diffboost", [config, overlay])
+        assert parser.get_parsed_content("dataset_dir").endswith(name)
+    inference = _parser("diffboost", ["inference.json", overlay])
+    assert inference.get_parsed_content("output_ext") == ext and inference["class_name"] == name
+    assert _parser("diffboost", ["train_controlnet.json", overlay]).get_parsed_content("controlnet_epochs") == 400
+
+
+def test_diffboost_controlnet_paper_size() -> None:
     """train_controlnet.json's network_def (ControlNetModel.from_unet) on SD v1.5's UNet: the UNet's encoder copied,
     zero convolutions and the (16, 32, 96, 256) hint embedding; SD v1.5 UNet 859,520,964 (model card)."""
     from types import SimpleNamespace

@@ -12,14 +12,16 @@ TextDiffSeg KiTS21 + LiTS + MSD Pancreas + MSD Colon; DiffBoost BUSI + MSD Splee
 2. runs the shipped configs (``train.json`` / ``inference.json`` / DiffBoost's stage configs, plus the dataset overlay)
    with ONLY these overridden: paths (``dataset_dir``, ``datalist``, ``output_dir``, ``ckpt_dir``, the pretrained
    parts -> the stand-ins of ``tools/make_standins.py``), ``device`` (cpu), and an iteration cap
-   (``train#trainer#max_epochs`` 1, ``train#trainer#epoch_length`` 2); DiffBoost's synthesis is capped to
+   (``train#trainer#max_epochs`` 1, ``train#trainer#epoch_length`` 3: a warm-up iteration, one whose FLOPs are
+   counted, one that is timed without the counter); DiffBoost's synthesis is capped to
    :data:`SYNTHESIS_CAPS` (20 DDIM steps with guidance at 384^2 x 50 images per slice would take hours here) and
    reports per-step figures;
 3. keeps the paper's batch size unless the run exceeds the memory budget (``--memory-budget-gb``, default 90 % of
    this machine's memory): the run is stopped and repeated with half the batch, and the record says so;
 4. records per run (``OUT/paper_scale.json``, a list; ``OUT/paper_scale.md``, a table): ``bundle``, ``dataset``,
-   ``config``, ``stage``, ``ok``, ``error``, ``seconds_per_iteration`` (training: the 2nd iteration, the 1st being the
-   warm-up under the FLOP counter) or ``seconds_per_case``, ``seconds_data_per_iteration``, ``peak_rss_mb``,
+   ``config``, ``stage``, ``ok``, ``error``, ``seconds_per_iteration`` (training: the 3rd iteration) or
+   ``seconds_per_case``, ``seconds_data_per_iteration``, ``peak_rss_mb`` (the largest of the main process's peak RSS
+   and the sampled proportional set size of its process tree, DataLoader workers included),
    ``flops`` (per iteration / per case; ``torch.utils.flop_counter``), ``params_trainable``, ``params_frozen``,
    ``batch_size``, ``paper_batch_size``, ``input_shape``, ``peak_flops`` (this CPU, a large matmul measured in the
    same process), ``peak_fraction``, ``projected_gpu_s`` (a PROJECTION: FLOPs over one A100's fp16 peak at the
@@ -31,8 +33,10 @@ Exit code 1 when any run fails. Each run is its own process (``--child``); its l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,8 +50,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-#: the iteration cap of every training run
-TRAIN_CAP = {"train#trainer#max_epochs": 1, "train#trainer#epoch_length": 2}
+#: the iteration cap of every training run: iteration 1 warms up, 2 is FLOP-counted, 3 is timed
+TRAIN_CAP = {"train#trainer#max_epochs": 1, "train#trainer#epoch_length": 3}
 #: DiffBoost synthesis caps (paper: 50 images per slice, 20 DDIM steps); figures are reported per step and image
 SYNTHESIS_CAPS = {"num_synthetic": 1, "synthesis_steps": 2}
 
@@ -107,7 +111,7 @@ def _textdiffseg(dataset: str, overlay: str) -> Chain:
 
 
 def _diffboost(dataset: str, overlay: list[str], volumes: int | None) -> Chain:
-    n_train = 64  # two iterations of the paper's ControlNet batch of 32
+    n_train = 64  # two batches of the paper's ControlNet batch of 32
     return Chain("diffboost", dataset, {"name": dataset, "n_train": n_train, "n_test": 1, "volumes": volumes},
                  ["sd", "hed"], [
                      Stage("train", ["configs/train_controlnet.json", *overlay], batch_key="controlnet_batch_size",
@@ -133,14 +137,16 @@ def all_chains() -> list[Chain]:
         _textdiffseg("msd_pancreas", "pancreas.json"),
         _textdiffseg("msd_colon", "colon.json"),
         _diffboost("busi", [], volumes=None),
-        _diffboost("spleen_slices", ["configs/spleen.json"], volumes=3),
-        _diffboost("prostate_slices", ["configs/prostate.json"], volumes=4),
+        _diffboost("spleen_slices", ["configs/spleen.json"], volumes=5),  # ~22 positive slices per volume
+        _diffboost("prostate_slices", ["configs/prostate.json"], volumes=8),  # ~11 per volume
     ]
 
 
 # ------------------------------------------------------------------------------------------------------- records
 @dataclass
 class Record:
+    """The measurements of one run (one stage of a chain); ``None`` where a figure does not apply or the run failed."""
+
     bundle: str
     dataset: str
     config: str
@@ -167,6 +173,9 @@ class Record:
     notes: list[str] = field(default_factory=list)
     wall_s: float | None = None
     log: str | None = None
+    cpu_cores: int | None = None
+    memory_gb: float | None = None
+    memory_budget_gb: float | None = None
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -175,7 +184,13 @@ def _fmt(v: Any, spec: str) -> str:
     return format(v, spec)
 
 
+def _cell(text: Any) -> str:
+    """One Markdown table cell: whitespace (newlines included) collapsed, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "/")
+
+
 def markdown_table(records: list[Record]) -> str:
+    """All records as one Markdown table (``OUT/paper_scale.md``)."""
     rows = [
         "| bundle | dataset | config | stage | ok | s/iter or s/case | peak RSS MB | GFLOP | peak fraction | "
         "projected A100 s | batch (paper) | input | params trainable / frozen | caps, notes |",
@@ -195,7 +210,7 @@ def markdown_table(records: list[Record]) -> str:
             f"{_fmt(sec, '.2f')}{unit if sec is not None else ''} | {_fmt(r.peak_rss_mb, '.0f')} | "
             f"{_fmt(None if r.flops is None else r.flops / 1e9, '.1f')} | {_fmt(r.peak_fraction, '.2f')} | "
             f"{_fmt(r.projected_gpu_s, '.3f')} | {batch} | {r.input_shape or '-'} | {params} | "
-            f"{notes.replace('|', '/')[:300]} |"
+            f"{_cell(notes)[:300]} |"
         )
     return "\n".join(rows)
 
@@ -251,14 +266,16 @@ def _shape_of(batch: Any) -> list[int] | None:
 
 
 class _EngineProbe:
-    """Times every iteration and its data loading, counts the FLOPs of the first iteration, keeps the input shape."""
+    """Times every iteration and its data loading, counts the FLOPs of iteration ``count_iteration`` (1-based; the
+    training runs count the 2nd, after a warm-up, and time the 3rd; inference counts and times its one case)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, count_iteration: int = 1) -> None:
         from ignite.engine import Events
 
         from common.profiling import FlopCount
 
         self.flops = FlopCount()
+        self.count_iteration = count_iteration
         self.iter_s: list[float] = []
         self.data_s: list[float] = []
         self.input_shape: list[int] | None = None
@@ -277,7 +294,7 @@ class _EngineProbe:
             self.input_shape = _shape_of(engine.state.batch)
 
     def _iter_started(self, engine: Any) -> None:
-        if not self.iter_s and not self.flops.running:
+        if len(self.iter_s) + 1 == self.count_iteration and not self.flops.running:
             self.flops.start()
         self._t = time.perf_counter()
 
@@ -310,9 +327,8 @@ def _init_weights(spec: dict, parser: Any) -> None:
 
 def run_child(spec_path: Path, result_path: Path) -> int:
     """Run one stage in this process (cwd = the bundle) and write its measurements to ``result_path``."""
-    import torch
-
-    from common.profiling import measure_peak_flops, peak_rss_mb, projected_gpu_seconds, ASSUMED_GPU_UTILISATION
+    from common.atomic import atomic_write_json
+    from common.profiling import ASSUMED_GPU_UTILISATION, measure_peak_flops, peak_rss_mb, projected_gpu_seconds
 
     spec = json.loads(spec_path.read_text())
     out: dict[str, Any] = {"ok": False, "notes": []}
@@ -336,9 +352,11 @@ def run_child(spec_path: Path, result_path: Path) -> int:
         parser = workflow.parser
         probe = None
         if stage == "train":
-            probe = _EngineProbe(parser.get_parsed_content("train#trainer"))
+            probe = _EngineProbe(parser.get_parsed_content("train#trainer"), count_iteration=2)
         elif stage == "inference":
-            probe = _EngineProbe(parser.get_parsed_content("evaluator"))
+            probe = _EngineProbe(parser.get_parsed_content("evaluator"), count_iteration=1)
+        if stage == "synthesis":  # the frozen SD parts, ControlNet and HED load outside the measured window
+            synthesizer = parser.get_parsed_content("synthesizer")
         t0 = time.perf_counter()
         if stage == "convert":
             _convert_cdal(spec, parser)
@@ -349,15 +367,14 @@ def run_child(spec_path: Path, result_path: Path) -> int:
 
             with FlopCount() as fc:
                 workflow.run()
-            images = list(Path(parser.get_parsed_content("synthetic_dir")).rglob("*.png")) + list(
-                Path(parser.get_parsed_content("synthetic_dir")).rglob("*.nii.gz")
-            )
-            n_images = max(1, len(images))
-            steps = int(parser.get_parsed_content("synthesis_steps"))
             seconds = time.perf_counter() - t0
+            n_images = len(synthesizer.generated)
+            if n_images == 0:
+                raise RuntimeError("the synthesis wrote no image")
+            steps = int(parser.get_parsed_content("synthesis_steps"))
             out.update(seconds_per_case=seconds / n_images, seconds_per_step=seconds / (n_images * steps),
                        flops=fc.total / n_images)
-            out["notes"].append(f"{n_images} synthetic images x {steps} DDIM steps; figures per image")
+            out["notes"].append(f"{n_images} synthetic images x {steps} DDIM steps (edge maps included); per image")
         else:
             workflow.run()
         if probe is not None:
@@ -366,17 +383,18 @@ def run_child(spec_path: Path, result_path: Path) -> int:
             out["flops"] = float(probe.flops.total)
             out["input_shape"] = probe.input_shape
             if stage == "train":
-                timed = probe.iter_s[1:] or probe.iter_s
+                if len(probe.iter_s) < 3:
+                    raise RuntimeError(f"the trainer ran {len(probe.iter_s)} iteration(s), 3 are measured")
+                timed, data = probe.iter_s[2:], probe.data_s[2:]
                 out["seconds_per_iteration"] = sum(timed) / len(timed)
-                data = probe.data_s[1:] or probe.data_s
                 out["seconds_data_per_iteration"] = sum(data) / len(data)
-                if len(probe.iter_s) < 2:
-                    out["notes"].append("only one iteration: its time includes the FLOP counter and warm-up")
             else:
                 out["seconds_per_case"] = sum(probe.iter_s) / len(probe.iter_s)
                 out["notes"].append("inference time measured with the FLOP counter active")
         if stage != "init_weights":
             workflow.finalize()
+        # the peak again after the run (the best of both): one measurement can be depressed by a busy moment
+        out["peak_flops"] = max(out["peak_flops"], measure_peak_flops())
         if stage not in ("convert", "init_weights"):
             trainable, frozen = _count_params(parser, stage)
             out["params_trainable"], out["params_frozen"] = trainable, frozen
@@ -390,51 +408,40 @@ def run_child(spec_path: Path, result_path: Path) -> int:
         out["ok"] = True
     except BaseException as e:  # noqa: BLE001 -- every failure is recorded with its message
         traceback.print_exc()
-        out["error"] = f"{type(e).__name__}: {e}"[:2000]
+        out["error"] = _root_cause(e)[:2000]
     out["peak_rss_mb"] = peak_rss_mb()
     out["wall_s"] = time.perf_counter() - t_start
-    result_path.write_text(json.dumps(out, indent=2, default=str))
-    torch.set_num_threads(1)
+    atomic_write_json(result_path, out, default=str)
     return 0 if out["ok"] else 1
 
 
+def _root_cause(error: BaseException) -> str:
+    """``Type: message`` of the innermost exception of ``error``'s cause/context chain (MONAI wraps the user's error
+    in "Failed to evaluate ConfigExpression ..."); the outer message follows when it differs."""
+    inner, seen = error, set()
+    while (inner.__cause__ or inner.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        inner = inner.__cause__ or inner.__context__
+    text = f"{type(inner).__name__}: {inner}"
+    return text if inner is error else f"{text} (raised in: {type(error).__name__}: {str(error)[:200]})"
+
+
 # ------------------------------------------------------------------------------------------------------- parent
-def _tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants (``/proc``), in MiB."""
-    from common.profiling import current_rss_mb
-
-    total, todo, seen = 0.0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        total += current_rss_mb(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return total
-
-
-def _memory_total_gb() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 1024**2
-    return 24.0
-
-
 def run_stage(spec: dict, log: Path, budget_mb: float, timeout_s: float) -> tuple[dict, str | None]:
-    """One child process; returns its result and ``"memory"`` / ``"timeout"`` when it was stopped."""
+    """One child process; returns its result and ``"memory"`` / ``"timeout"`` when it was stopped.
+
+    The process tree's proportional set size (forked DataLoader workers share the parent's pages) is sampled every
+    0.25 s; past ``budget_mb`` the tree is killed. A child killed by SIGKILL without a result (the kernel's OOM
+    killer) counts as ``"memory"`` too."""
+    from common.profiling import process_tree_pss_mb
+
     spec_path = log.with_suffix(".spec.json")
     result_path = log.with_suffix(".result.json")
     spec_path.write_text(json.dumps(spec, indent=2))
     result_path.unlink(missing_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path), "--result", str(result_path)]
     stopped = None
     peak_tree = 0.0
@@ -444,9 +451,9 @@ def run_stage(spec: dict, log: Path, budget_mb: float, timeout_s: float) -> tupl
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         t0 = time.time()
         while proc.poll() is None:
-            rss = _tree_rss_mb(proc.pid)
-            peak_tree = max(peak_tree, rss)
-            if rss > budget_mb:
+            pss = process_tree_pss_mb(proc.pid)
+            peak_tree = max(peak_tree, pss)
+            if pss > budget_mb:
                 stopped = "memory"
             elif time.time() - t0 > timeout_s:
                 stopped = "timeout"
@@ -455,12 +462,18 @@ def run_stage(spec: dict, log: Path, budget_mb: float, timeout_s: float) -> tupl
                 proc.wait()
                 break
             time.sleep(0.25)
-    result = json.loads(result_path.read_text()) if result_path.is_file() else {"ok": False}
-    result["tree_peak_rss_mb"] = peak_tree
+    try:
+        result = json.loads(result_path.read_text()) if result_path.is_file() else {"ok": False}
+    except json.JSONDecodeError:
+        result = {"ok": False}
+    result["tree_peak_pss_mb"] = peak_tree
     if stopped == "memory":
         result["error"] = f"stopped: the process tree's memory passed the budget of {budget_mb / 1024:.1f} GB"
     elif stopped == "timeout":
         result["error"] = f"stopped after the time limit of {timeout_s / 60:.0f} min"
+    elif not result_path.is_file() and proc.returncode == -signal.SIGKILL:
+        stopped = "memory"
+        result["error"] = "killed (SIGKILL, most likely the kernel's out-of-memory killer)"
     elif not result_path.is_file():
         result["error"] = f"the run died without a result (exit code {proc.returncode}); see {log}"
     elif not result.get("ok") and "can't allocate memory" in str(result.get("error", "")):
@@ -483,6 +496,7 @@ def _first_training_cases(datalist: Path, n: int, work: Path) -> Path:
 
 def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], budget_mb: float) -> list[Record]:
     from common.data.paper_size import write_paper_size_dataset
+    from common.profiling import memory_total_gb
     from common.standins import standin_overrides
 
     out: Path = args.out
@@ -498,6 +512,7 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
         rec = Record(chain.bundle, chain.dataset, "-", "data", error=f"{type(e).__name__}: {e}")
         return [rec]
     print(f"[paper-scale] {chain.key}: data ready in {time.perf_counter() - t0:.0f} s ({datalist})", flush=True)
+    shutil.rmtree(work, ignore_errors=True)  # a fresh run: nothing resumed from an earlier check
     base = {
         "dataset_dir": str(datalist.parent), "datalist": str(datalist), "output_dir": str(work / "eval"),
         "ckpt_dir": str(work / "models"), "device": "$torch.device('cpu')",
@@ -541,8 +556,9 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
                 rec.notes += v
             elif hasattr(rec, k) and v is not None:
                 setattr(rec, k, v)
-        if result.get("tree_peak_rss_mb"):
-            rec.peak_rss_mb = max(rec.peak_rss_mb or 0.0, result["tree_peak_rss_mb"])
+        if result.get("tree_peak_pss_mb"):
+            rec.peak_rss_mb = max(rec.peak_rss_mb or 0.0, result["tree_peak_pss_mb"])
+        rec.cpu_cores, rec.memory_gb, rec.memory_budget_gb = os.cpu_count(), memory_total_gb(), budget_mb / 1024
         rec.ok = bool(result.get("ok"))
         rec.error = None if rec.ok else result.get("error", "failed")
         if rec.ok and rec.batch_size is not None and rec.paper_batch_size and rec.batch_size < rec.paper_batch_size:
@@ -611,19 +627,19 @@ def card_table(records: list[Record]) -> str:
             f"{_fmt(None if r.peak_rss_mb is None else r.peak_rss_mb / 1024, '.1f')} | "
             f"{_fmt(None if r.flops is None else r.flops / 1e9, '.0f')} | {_fmt(r.peak_fraction, '.2f')} | "
             f"{_fmt(r.projected_gpu_s, '.2f')} | {batch} | {r.input_shape or '-'} | "
-            f"{'; '.join(notes).replace('|', '/')} |"
+            f"{_cell('; '.join(notes))} |"
         )
     return "\n".join(rows)
 
 
 def replace_marked_section(path: Path, marker: str, text: str) -> bool:
     """Replace what stands between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``path`` by ``text``;
-    False (nothing written) when the markers are absent."""
+    False (nothing written) unless each marker stands once, start before end."""
     from common.atomic import atomic_write_text
 
     start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     doc = path.read_text(encoding="utf-8")
-    if start not in doc or end not in doc:
+    if doc.count(start) != 1 or doc.count(end) != 1 or doc.index(start) > doc.index(end):
         return False
     head, rest = doc.split(start, 1)
     _, tail = rest.split(end, 1)
@@ -631,43 +647,52 @@ def replace_marked_section(path: Path, marker: str, text: str) -> bool:
     return True
 
 
+def _method_text(records: list[Record], started: str) -> str:
+    """How the figures of ``records`` were measured (the machine as recorded by the runs themselves)."""
+    peak = max((r.peak_flops for r in records if r.peak_flops), default=None)
+    first = next((r for r in records if r.cpu_cores), None)
+    machine = "-" if first is None else (
+        f"{first.cpu_cores} CPU cores, {first.memory_gb:.0f} GB, memory budget {first.memory_budget_gb:.1f} GB"
+    )
+    return (
+        f"Measured by `tools/paper_scale_check.py` ({started}; {machine}; measured peak "
+        f"{'-' if peak is None else f'{peak / 1e9:.0f}'} GFLOP/s, fp32 matmul): the shipped configs with stand-in "
+        "weights (`tools/make_standins.py`) on synthetic data of the papers' sizes (`common.data.paper_size`). "
+        "Training: 3 iterations at the paper's batch size (or the largest within the memory budget, noted): the "
+        "1st warms up, the FLOPs are those of the 2nd (forward + backward), the time that of the 3rd. Inference: "
+        "one full-size case (FLOPs counted during the timed run). FLOPs from `torch.utils.flop_counter` "
+        "(convolutions, matmuls, attention; element-wise work is not counted); peak fraction = achieved FLOP/s "
+        "over the measured peak; peak memory = the larger of the main process's peak RSS and the sampled "
+        "proportional set size of its process tree (DataLoader workers); projected A100 s = FLOPs / (312 TFLOP/s "
+        "x 0.35), a projection, not a measurement.\n\n"
+    )
+
+
 def update_model_cards(records: list[Record], started: str) -> list[Path]:
     """Write each bundle's records into its model card (between the ``paper-scale`` markers)."""
-    peak = next((r.peak_flops for r in records if r.peak_flops), None)
     done = []
     for bundle in sorted({r.bundle for r in records}):
         card = REPO_ROOT / "bundles" / bundle / "docs" / "README.md"
         rows = [r for r in records if r.bundle == bundle]
-        text = (
-            f"Measured by `tools/paper_scale_check.py` ({started}, {os.cpu_count()} CPU cores, measured peak "
-            f"{'-' if peak is None else f'{peak / 1e9:.0f}'} GFLOP/s fp32): the shipped configs with stand-in "
-            "weights (`tools/make_standins.py`) on synthetic data of the papers' sizes; training = the 2nd of 2 "
-            "iterations at the paper's batch size (or the largest that fits in 24 GB, noted), inference = one "
-            "full-size case; FLOPs from `torch.utils.flop_counter` (convolutions, matmuls, attention; forward + "
-            "backward for training); peak fraction = achieved FLOP/s over the measured peak; projected A100 s = "
-            "FLOPs / (312 TFLOP/s x 0.35), a projection, not a measurement.\n\n" + card_table(rows)
-        )
+        text = _method_text(rows, started) + card_table(rows)
         if card.is_file() and replace_marked_section(card, "paper-scale", text):
             done.append(card)
     return done
 
 
 def write_report(out: Path, records: list[Record], started: str) -> None:
+    """``OUT/paper_scale.json`` (the records) and ``OUT/paper_scale.md`` (how they were measured + the table)."""
     from common.atomic import atomic_write_json, atomic_write_text
 
     atomic_write_json(out / "paper_scale.json", [asdict(r) for r in records])
-    peak = next((r.peak_flops for r in records if r.peak_flops), None)
-    head = (
-        f"# Paper scale on CPU\n\n{started}; {os.cpu_count()} CPU cores, {_memory_total_gb():.0f} GB; measured peak "
-        f"{'-' if peak is None else f'{peak / 1e9:.0f}'} GFLOP/s (fp32 matmul). Stand-in weights (random, "
-        "tools/make_standins.py); synthetic data of the papers' sizes (common.data.paper_size). Training: the 2nd "
-        "of 2 iterations; FLOPs of the 1st (forward + backward, torch.utils.flop_counter). Projected A100 seconds "
-        "= FLOPs / (312 TFLOP/s x 0.35): a projection, not a measurement.\n\n"
-    )
+    head = "# Paper scale on CPU\n\n" + _method_text(records, started)
     atomic_write_text(out / "paper_scale.md", head + markdown_table(records) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (see the module docstring); exit code 1 when a run failed."""
+    from common.profiling import memory_total_gb
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--standins", type=Path, help="folder written by tools/make_standins.py")
     ap.add_argument("--out", type=Path, help="output folder (data, runs, logs, paper_scale.json/.md)")
@@ -694,7 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_cards:
         if args.out is None:
             ap.error("--update-cards needs --out")
-        recs = [Record(**r) for r in json.loads((args.out / "paper_scale.json").read_text())]
+        known = {f.name for f in dataclasses.fields(Record)}
+        recs = [Record(**{k: v for k, v in r.items() if k in known})
+                for r in json.loads((args.out / "paper_scale.json").read_text())]
         stamp = time.strftime("%Y-%m-%d", time.localtime((args.out / "paper_scale.json").stat().st_mtime))
         for card in update_model_cards(recs, stamp):
             print(f"[paper-scale] updated {card}")
@@ -702,21 +729,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.standins is None or args.out is None:
         ap.error("--standins and --out are required")
     args.out = args.out.resolve()
+    args.standins = args.standins.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    standins = resolve_standins(args.standins.resolve(), {p for c in chains for p in c.standins}, args.make_standins)
-    budget_mb = 1024 * (args.memory_budget_gb or 0.9 * _memory_total_gb())
+    standins = resolve_standins(args.standins, {p for c in chains for p in c.standins}, args.make_standins)
+    budget_mb = 1024 * (args.memory_budget_gb or 0.9 * memory_total_gb())
     started = time.strftime("%Y-%m-%d %H:%M")
-    records: list[Record] = []
+    # a partial rerun keeps the other chains' records; a chain's old records are replaced when it has run again
     previous = args.out / "paper_scale.json"
-    keep: list[dict] = []
-    if previous.is_file() and (args.bundles or args.datasets):  # a partial rerun keeps the other records
-        selected = {(c.bundle, c.dataset) for c in chains}
-        keep = [r for r in json.loads(previous.read_text()) if (r["bundle"], r["dataset"]) not in selected]
+    by_chain: dict[tuple[str, str], list[Record]] = {}
+    if previous.is_file() and (args.bundles or args.datasets):
+        known = {f.name for f in dataclasses.fields(Record)}
+        for r in json.loads(previous.read_text()):
+            by_chain.setdefault((r["bundle"], r["dataset"]), []).append(
+                Record(**{k: v for k, v in r.items() if k in known})
+            )
+    order = [(c.bundle, c.dataset) for c in all_chains()]
+    records: list[Record] = []
     for chain in chains:
-        records += run_chain(chain, args, standins, budget_mb)
-        write_report(args.out, [Record(**r) for r in keep] + records, started)
-    all_records = [Record(**r) for r in keep] + records
-    write_report(args.out, all_records, started)
+        by_chain[(chain.bundle, chain.dataset)] = new = run_chain(chain, args, standins, budget_mb)
+        records += new
+        ranked = sorted(by_chain, key=lambda k: order.index(k) if k in order else len(order))
+        write_report(args.out, [r for k in ranked for r in by_chain[k]], started)
     print("\n" + markdown_table(records))
     failed = [r for r in records if not r.ok]
     print(f"\n[paper-scale] {len(records) - len(failed)}/{len(records)} runs ok; report {args.out / 'paper_scale.md'}")

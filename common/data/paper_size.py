@@ -11,15 +11,16 @@ numbers of training / validation / test cases (all labelled) is written as ``dst
 |---|---|---|
 | ``monuseg`` | 1000 x 1000 RGB H&E ``.tif`` + Aperio XML (MoNuSeg 2018) | ``monuseg`` |
 | ``qata`` | 224 x 224 grey CXR PNGs + LViT text tables (QaTa-COV19, LViT release) | ``qata`` |
-| ``cxr`` | Shenzhen ~2949 x 3000 (train) / Montgomery 4892 x 4020 (test) grey PNGs (Kaggle lungs) | ``cxr_lungs`` |
+| ``cxr`` | Shenzhen 2949 x 3000 (train) / Montgomery 4892 x 4020 (test) grey PNGs (Kaggle) | ``cxr_lungs`` |
 | ``hippocampus`` | 35 x 51 x 35 MR NIfTI, 1 mm (MSD Task04) | ``msd`` |
+| ``lits_1.5mm`` | LiTS layout at 1.5 x 1.5 x 2 mm, 256 x 256 x 200 (benches: voxels in = network input) | ``lits`` |
 | ``kits21`` | 120 x 512 x 512 CT at 3.0 x 0.78 x 0.78 mm (KiTS21 axis order: slices first) | ``kits21`` |
 | ``lits`` | 512 x 512 x 120 CT at 0.78 x 0.78 x 2.5 mm (LiTS) | ``lits`` |
 | ``msd_pancreas`` | 512 x 512 x 96 CT at 0.78 x 0.78 x 2.5 mm (MSD Task07) | ``msd`` |
 | ``msd_colon`` | 512 x 512 x 100 CT at 0.78 x 0.78 x 5.0 mm (MSD Task10) | ``msd`` |
 | ``busi`` | 500 x 600 RGB-stored grey ultrasound PNGs (BUSI, malignant) | ``busi`` |
 | ``spleen_slices`` | 512 x 512 x 40 CT at 0.79 x 0.79 x 5 mm (MSD Task09) -> positive 384^2 slices | ``msd_slices`` |
-| ``prostate_slices`` | 320 x 320 x 20 x 2 (T2, ADC) MR at 0.6 x 0.6 x 3.6 mm (MSD Task05) -> T2 slices | ``msd_slices`` |
+| ``prostate_slices`` | 320 x 320 x 20 x 2 (T2, ADC) MR, 0.6 x 0.6 x 3.6 mm (MSD Task05) -> T2 slices | ``msd_slices`` |
 
 Sizes from the releases' documentation (MoNuSeg 2018 challenge page; QaTa-COV19 on Kaggle; NLM Montgomery/Shenzhen
 description; MSD (Antonelli et al. 2022, Table 1); KiTS21 and LiTS challenge pages; BUSI, Al-Dhabyani et al. 2020).
@@ -66,7 +67,7 @@ def _qata(raw: Path, n: int, seed: int, size: int | None = None) -> None:
     make_qata_like(raw, n_train=n, n_val=0, n_test=0, size=size or 224, seed=seed)
 
 
-def _cxr(raw: Path, n: int, seed: int, size: None = None) -> None:
+def _cxr(raw: Path, n: int, seed: int, size: Any = None) -> None:  # the release's sizes only
     from common.data.synthetic_cxr import MONTGOMERY_SIZE, SHENZHEN_SIZE, make_cxr_lungs_like
 
     n_test = max(1, n // 4)
@@ -122,7 +123,7 @@ PAPER_SIZE_DATASETS: dict[str, PaperSizeDataset] = {
                               (1.0, 1.0, 1.0))),
         PaperSizeDataset("kits21", "120 x 512 x 512 CT at 3.0 x 0.78 x 0.78 mm (KiTS21)", "kits21", _kits21),
         PaperSizeDataset("lits", "512 x 512 x 120 CT at 0.78 x 0.78 x 2.5 mm (LiTS)", "lits", _lits),
-        PaperSizeDataset("lits_1.5mm", "LiTS layout at 1.5 x 1.5 x 2 mm (bench: voxel count = network input)", "lits",
+        PaperSizeDataset("lits_1.5mm", "LiTS layout at 1.5 x 1.5 x 2 mm (bench: voxels = network input)", "lits",
                          _lits_resampled),
         PaperSizeDataset("msd_pancreas", "512 x 512 x 96 CT at 0.78 x 0.78 x 2.5 mm (MSD Task07)", "msd",
                          _msd("Task07_Pancreas", 3, ("background", "pancreas", "cancer"), (512, 512, 96),
@@ -150,7 +151,13 @@ def _labelled_cases(doc: dict) -> list[dict]:
 
 
 def write_paper_size_dataset(
-    name: str, dst: str | Path, n_train: int, n_val: int = 0, n_test: int = 1, seed: int = 0, volumes: int | None = None,
+    name: str,
+    dst: str | Path,
+    n_train: int,
+    n_val: int = 0,
+    n_test: int = 1,
+    seed: int = 0,
+    volumes: int | None = None,
     size: Any = None,
 ) -> Path:
     """Write paper-size dataset ``name`` under ``dst``; return ``dst/datalist.json``.
@@ -168,11 +175,14 @@ def write_paper_size_dataset(
     spec = PAPER_SIZE_DATASETS[name]
     dst = Path(dst)
     want = {"name": name, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed, "volumes": volumes,
-            "size": list(size) if isinstance(size, (list, tuple)) else size}
+            "size": list(size) if isinstance(size, (list, tuple)) else size,
+            "spec": [spec.description, spec.converter, getattr(spec.write_raw, "__qualname__", ""),
+                     json.dumps(spec.options, sort_keys=True)]}
     stamp = dst / STAMP_NAME
     datalist = dst / "datalist.json"
     if stamp.is_file() and datalist.is_file() and json.loads(stamp.read_text()) == want:
         return datalist
+    stamp.unlink(missing_ok=True)  # written again last: a half-written dataset is never taken for a finished one
     for sub in ("raw", "converted"):
         shutil.rmtree(dst / sub, ignore_errors=True)
     n_needed = n_train + n_val + n_test

@@ -55,6 +55,7 @@ __all__ = [
     "EvaluationReport",
     "read_array",
     "evaluate_cases",
+    "map_label_values",
     "SegmentationEvaluation",
 ]
 
@@ -341,6 +342,15 @@ def _label_map_from_file(a: np.ndarray, num_classes: int, path: Path, threshold:
     return to_label_map(a, num_classes=num_classes, threshold=threshold, source=str(path))
 
 
+def map_label_values(label: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
+    """``label`` with every value ``v`` listed in ``mapping`` replaced by ``mapping[v]`` (simultaneously, so
+    ``{1: 2, 2: 1}`` swaps); other values unchanged."""
+    out = label.copy()
+    for src, dst in mapping.items():
+        out[label == int(src)] = int(dst)
+    return out
+
+
 def _safe_name(case_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", case_id).strip("._") or "case"
 
@@ -358,6 +368,7 @@ def evaluate_cases(
     case_id_key: str = "case_id",
     threshold: float = 0.5,
     overlay_min_size: int | None = OVERLAY_MIN_DISPLAY_SIZE,
+    label_mapping: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate prediction files against label files and write the report (and overlays) into ``out_dir``.
 
@@ -374,6 +385,9 @@ def evaluate_cases(
         threshold: threshold for predictions stored as probabilities in [0, 1] (binary tasks).
         overlay_min_size: overlays of smaller slices are enlarged (nearest neighbour) to at least this size;
             ``None`` keeps the native size.
+        label_mapping: ``{value in the label file: class}`` applied to the ground truth before the metrics, the
+            same merge as the training transforms' ``MapLabelValued`` (e.g. TextDiffSeg's MSD Pancreas:
+            ``{1: 1, 2: 1}``, pancreas and tumour as one class, paper section 3.1); values not listed are kept.
 
     Label maps: integer (or integer-valued float) files. For ``num_classes == 2`` a mask stored as 0 / 255 is read
     as 0 / 1, and a prediction stored as probabilities in [0, 1] is thresholded (``> threshold``).
@@ -405,6 +419,8 @@ def evaluate_cases(
         case_id = str(case.get(case_id_key) or _stem(label_path))
 
         label_raw, spacing = read_array(label_path)
+        if label_mapping:
+            label_raw = map_label_values(label_raw, label_mapping)
         pred_raw, pred_spacing = read_array(pred_path)
         label = _label_map_from_file(label_raw, num_classes, label_path, threshold)
         pred = _label_map_from_file(pred_raw, num_classes, pred_path, threshold)
@@ -515,6 +531,7 @@ class SegmentationEvaluation:
         overlay: bool = True,
         datalist_key: str = "test",
         base_dir: str | PathLike | None = None,
+        label_mapping: Mapping[int, int] | None = None,
     ) -> None:
         self.datalist_or_cases = datalist_or_cases
         self.pred_dir = Path(pred_dir)
@@ -525,6 +542,7 @@ class SegmentationEvaluation:
         self.overlay = overlay
         self.datalist_key = datalist_key
         self.base_dir = None if base_dir is None else Path(base_dir)
+        self.label_mapping = dict(label_mapping) if label_mapping else None
 
     def _entries(self) -> tuple[list[Any], Path, str]:
         src = self.datalist_or_cases
@@ -593,7 +611,8 @@ class SegmentationEvaluation:
     def run(self) -> dict[str, Any]:
         """Evaluate all cases; returns the summary (also written to ``output_dir/metrics_summary.json``)."""
         return evaluate_cases(
-            self.cases(), self.num_classes, self.output_dir, class_names=self.class_names, overlay=self.overlay
+            self.cases(), self.num_classes, self.output_dir, class_names=self.class_names, overlay=self.overlay,
+            label_mapping=self.label_mapping,
         )
 
     __call__ = run
