@@ -42,6 +42,7 @@ from common.standins import warn_if_standin
 
 __all__ = [
     "ADM_256_UNCOND",
+    "adm_key_pairs",
     "ADM_256_UNCOND_URL",
     "ScaleShiftResnetBlock",
     "adm_output_block",
@@ -267,6 +268,38 @@ _RES_SUBKEYS = {
 }
 
 
+def _adm_sort_key(prefix: str) -> tuple:
+    section = {"time_embed": 0, "input_blocks": 1, "middle_block": 2, "output_blocks": 3, "out": 4}
+    head, *rest = prefix.split(".")
+    return (section[head], *(int(x) for x in rest))
+
+
+def adm_key_pairs(unet: DiffusionModelUNet) -> list[tuple[str, str, str]]:
+    """Every guided-diffusion key of ``unet``'s architecture with its MONAI counterpart, in ADM's key order.
+
+    Returns ``(adm_key, monai_key, how)``: ``how`` is ``"same"`` (same tensor), ``"conv1d"`` (ADM's Conv1d
+    ``(C, C, 1)`` = MONAI's Linear ``(C, C)``: attention ``proj_out`` -> ``out_proj``) or ``"qkv"`` (ADM's fused
+    ``qkv`` ``(3C, C, 1)`` / ``(3C,)``, heads first (legacy order); ``monai_key`` is then the attention prefix
+    ``<block>.attn`` whose ``to_q`` / ``to_k`` / ``to_v`` hold it). :func:`convert_adm_state_dict` reads ADM
+    checkpoints through it; ``common.standins`` writes them through it.
+    """
+    names = adm_to_monai_names(unet)
+    pairs: list[tuple[str, str, str]] = []
+    for adm_prefix in sorted(names, key=_adm_sort_key):
+        monai_prefix, kind = names[adm_prefix]
+        if kind == "res":
+            pairs += [(f"{adm_prefix}.{a}.{p}", f"{monai_prefix}.{m}.{p}", "same")
+                      for a, m in _RES_SUBKEYS.items() for p in ("weight", "bias")]
+        elif kind == "attn":
+            pairs += [(f"{adm_prefix}.norm.{p}", f"{monai_prefix}.norm.{p}", "same") for p in ("weight", "bias")]
+            pairs += [(f"{adm_prefix}.qkv.{p}", f"{monai_prefix}.attn", "qkv") for p in ("weight", "bias")]
+            pairs += [(f"{adm_prefix}.proj_out.weight", f"{monai_prefix}.attn.out_proj.weight", "conv1d"),
+                      (f"{adm_prefix}.proj_out.bias", f"{monai_prefix}.attn.out_proj.bias", "same")]
+        else:
+            pairs += [(f"{adm_prefix}.{p}", f"{monai_prefix}.{p}", "same") for p in ("weight", "bias")]
+    return pairs
+
+
 def is_adm_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
     """True if the keys are guided-diffusion names (``input_blocks.*`` / ``output_blocks.*``)."""
     return any(k.startswith(("input_blocks.", "output_blocks.")) for k in state)
@@ -292,46 +325,25 @@ def convert_adm_state_dict(
     remaining = {k: v for k, v in adm_state.items()}
     out: dict[str, torch.Tensor] = {}
     problems: list[str] = []
-
-    def take(adm_key: str, monai_key: str, fn=None) -> None:
+    for adm_key, monai_key, how in adm_key_pairs(unet):
         if adm_key not in remaining:
-            return
+            continue
         v = remaining.pop(adm_key)
-        if fn is not None:
-            v = fn(v)
-        out[monai_key] = v
-
-    for adm_prefix, (monai_prefix, kind) in adm_to_monai_names(unet).items():
-        if kind == "res":
-            for a, m in _RES_SUBKEYS.items():
-                for p in ("weight", "bias"):
-                    take(f"{adm_prefix}.{a}.{p}", f"{monai_prefix}.{m}.{p}")
-        elif kind == "attn":
-            for p in ("weight", "bias"):
-                take(f"{adm_prefix}.norm.{p}", f"{monai_prefix}.norm.{p}")
-            take(
-                f"{adm_prefix}.proj_out.weight",
-                f"{monai_prefix}.attn.out_proj.weight",
-                lambda w: w.reshape(w.shape[0], -1),  # Conv1d (C, C, 1) -> Linear (C, C)
-            )
-            take(f"{adm_prefix}.proj_out.bias", f"{monai_prefix}.attn.out_proj.bias")
-            channels = target[f"{monai_prefix}.norm.weight"].shape[0]
-            num_heads = int(unet.get_submodule(monai_prefix).attn.num_heads)
-            for p in ("weight", "bias"):
-                key = f"{adm_prefix}.qkv.{p}"
-                if key not in remaining:
-                    continue
-                v = remaining.pop(key)
-                if v.shape[0] != 3 * channels or v.shape[0] % (3 * num_heads):
-                    problems.append(f"{key}: shape {tuple(v.shape)} does not fit {channels} channels")
-                    continue
-                v = v.reshape(num_heads, 3, channels // num_heads, *v.shape[1:])
-                for j, name in enumerate(("to_q", "to_k", "to_v")):
-                    part = v[:, j].reshape(channels, *v.shape[3:])
-                    out[f"{monai_prefix}.attn.{name}.{p}"] = part.reshape(channels, -1) if p == "weight" else part
-        else:
-            for p in ("weight", "bias"):
-                take(f"{adm_prefix}.{p}", f"{monai_prefix}.{p}")
+        if how == "same":
+            out[monai_key] = v
+        elif how == "conv1d":
+            out[monai_key] = v.reshape(v.shape[0], -1)  # Conv1d (C, C, 1) -> Linear (C, C)
+        else:  # qkv: (3C, C, 1) or (3C,) -> to_q / to_k / to_v, heads first (legacy order)
+            channels = target[f"{monai_key}.to_q.{adm_key.rsplit('.', 1)[1]}"].shape[0]
+            num_heads = int(unet.get_submodule(monai_key.rsplit(".", 1)[0]).attn.num_heads)
+            if v.shape[0] != 3 * channels or v.shape[0] % (3 * num_heads):
+                problems.append(f"{adm_key}: shape {tuple(v.shape)} does not fit {channels} channels")
+                continue
+            p = adm_key.rsplit(".", 1)[1]
+            v = v.reshape(num_heads, 3, channels // num_heads, *v.shape[1:])
+            for j, name in enumerate(("to_q", "to_k", "to_v")):
+                part = v[:, j].reshape(channels, *v.shape[3:])
+                out[f"{monai_key}.{name}.{p}"] = part.reshape(channels, -1) if p == "weight" else part
 
     if remaining:
         problems.append(f"{len(remaining)} official key(s) not used: {sorted(remaining)[:5]}")

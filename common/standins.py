@@ -339,12 +339,6 @@ def adm_standin_config() -> dict[str, Any]:
     return dict(ADM_256_UNCOND)
 
 
-def _adm_sort_key(prefix: str) -> tuple:
-    section = {"time_embed": 0, "input_blocks": 1, "middle_block": 2, "output_blocks": 3, "out": 4}
-    head, *rest = prefix.split(".")
-    return (section[head], *(int(x) for x in rest))
-
-
 def monai_to_adm_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The inverse of :func:`common.guided_diffusion.convert_adm_state_dict`: MONAI ``DiffusionModelUNet`` weights
     (built by ``adm_unet``) -> an official guided-diffusion state dict, in ADM's key order.
@@ -358,42 +352,26 @@ def monai_to_adm_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     """
     import torch
 
-    from common.guided_diffusion import _RES_SUBKEYS, adm_to_monai_names
+    from common.guided_diffusion import adm_key_pairs
 
     ours = unet.state_dict()
     used: set[str] = set()
     out: dict[str, torch.Tensor] = {}
-
-    def put(adm_key: str, monai_key: str, fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        if monai_key in ours:
+    for adm_key, monai_key, how in adm_key_pairs(unet):
+        if how == "qkv":
+            p = adm_key.rsplit(".", 1)[1]
+            keys = [f"{monai_key}.{n}.{p}" for n in ("to_q", "to_k", "to_v")]
+            heads = int(unet.get_submodule(monai_key).num_heads)
+            q = ours[keys[0]]
+            c = q.shape[0]
+            parts = [ours[k].reshape(heads, c // heads, *q.shape[1:]) for k in keys]
+            qkv = torch.stack(parts, dim=1).reshape(3 * c, *q.shape[1:])
+            out[adm_key] = qkv.unsqueeze(-1) if p == "weight" else qkv  # Conv1d (3C, C, 1)
+            used.update(keys)
+        elif monai_key in ours:
             used.add(monai_key)
             v = ours[monai_key]
-            out[adm_key] = fn(v) if fn is not None else v
-
-    names = adm_to_monai_names(unet)
-    for adm_prefix in sorted(names, key=_adm_sort_key):
-        monai_prefix, kind = names[adm_prefix]
-        if kind == "res":
-            for a, m in _RES_SUBKEYS.items():
-                for p in ("weight", "bias"):
-                    put(f"{adm_prefix}.{a}.{p}", f"{monai_prefix}.{m}.{p}")
-        elif kind == "attn":
-            for p in ("weight", "bias"):
-                put(f"{adm_prefix}.norm.{p}", f"{monai_prefix}.norm.{p}")
-            heads = int(unet.get_submodule(monai_prefix).attn.num_heads)
-            for p in ("weight", "bias"):
-                keys = [f"{monai_prefix}.attn.{n}.{p}" for n in ("to_q", "to_k", "to_v")]
-                q = ours[keys[0]]
-                c = q.shape[0]
-                parts = [ours[k].reshape(heads, c // heads, *q.shape[1:]) for k in keys]
-                qkv = torch.stack(parts, dim=1).reshape(3 * c, *q.shape[1:])
-                out[f"{adm_prefix}.qkv.{p}"] = qkv.unsqueeze(-1) if p == "weight" else qkv  # Conv1d (3C, C, 1)
-                used.update(keys)
-            put(f"{adm_prefix}.proj_out.weight", f"{monai_prefix}.attn.out_proj.weight", lambda w: w.unsqueeze(-1))
-            put(f"{adm_prefix}.proj_out.bias", f"{monai_prefix}.attn.out_proj.bias")
-        else:
-            for p in ("weight", "bias"):
-                put(f"{adm_prefix}.{p}", f"{monai_prefix}.{p}")
+            out[adm_key] = v.unsqueeze(-1) if how == "conv1d" else v  # Linear (C, C) -> Conv1d (C, C, 1)
     left = sorted(set(ours) - used)
     if left:
         raise KeyError(f"{len(left)} MONAI key(s) without an ADM name: {left[:5]}")

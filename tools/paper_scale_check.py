@@ -189,29 +189,32 @@ def _cell(text: Any) -> str:
     return " ".join(str(text).split()).replace("|", "/")
 
 
-def markdown_table(records: list[Record]) -> str:
-    """All records as one Markdown table (``OUT/paper_scale.md``)."""
-    rows = [
-        "| bundle | dataset | config | stage | ok | s/iter or s/case | peak RSS MB | GFLOP | peak fraction | "
-        "projected A100 s | batch (paper) | input | params trainable / frozen | caps, notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def markdown_table(records: list[Record], bundle_column: bool = True) -> str:
+    """The records as one Markdown table: ``OUT/paper_scale.md`` (all bundles) or a model card (``bundle_column``
+    False)."""
+    head = ["dataset", "config", "stage", "ok", "s/iteration or s/case", "peak memory GB", "GFLOP", "peak fraction",
+            "projected A100 s", "batch (paper)", "input", "params trainable / frozen", "notes"]
+    if bundle_column:
+        head.insert(0, "bundle")
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         sec = r.seconds_per_iteration if r.seconds_per_iteration is not None else r.seconds_per_case
-        unit = "/iter" if r.seconds_per_iteration is not None else "/case"
-        notes = ", ".join([f"{k}={v}" for k, v in r.caps.items()] + r.notes + ([r.error] if r.error else []))
-        batch = "-" if r.batch_size is None else f"{r.batch_size} ({r.paper_batch_size})"
-        params = (
-            "-" if r.params_trainable is None else f"{r.params_trainable:,} / {r.params_frozen or 0:,}"
-        )
+        unit = "" if sec is None else (" /iter" if r.seconds_per_iteration is not None else " /case")
         stage = r.stage if r.step in ("", r.stage) else f"{r.stage} ({r.step})"
-        rows.append(
-            f"| {r.bundle} | {r.dataset} | {r.config} | {stage} | {'yes' if r.ok else 'NO'} | "
-            f"{_fmt(sec, '.2f')}{unit if sec is not None else ''} | {_fmt(r.peak_rss_mb, '.0f')} | "
-            f"{_fmt(None if r.flops is None else r.flops / 1e9, '.1f')} | {_fmt(r.peak_fraction, '.2f')} | "
-            f"{_fmt(r.projected_gpu_s, '.3f')} | {batch} | {r.input_shape or '-'} | {params} | "
-            f"{_cell(notes)[:300]} |"
-        )
+        batch = "-" if r.batch_size is None else f"{r.batch_size} ({r.paper_batch_size})"
+        params = "-" if r.params_trainable is None else f"{r.params_trainable:,} / {r.params_frozen or 0:,}"
+        notes = [f"{k}={v}" for k, v in r.caps.items()] + list(r.notes)
+        if r.seconds_per_step is not None:
+            notes.append(f"{r.seconds_per_step:.1f} s per DDIM step")
+        if not r.ok:
+            notes.append(f"FAILED: {r.error}")
+        cells = [r.dataset, r.config, stage, "yes" if r.ok else "NO", f"{_fmt(sec, '.1f')}{unit}",
+                 _fmt(None if r.peak_rss_mb is None else r.peak_rss_mb / 1024, ".1f"),
+                 _fmt(None if r.flops is None else r.flops / 1e9, ".0f"), _fmt(r.peak_fraction, ".2f"),
+                 _fmt(r.projected_gpu_s, ".2f"), batch, r.input_shape or "-", params, "; ".join(notes)]
+        if bundle_column:
+            cells.insert(0, r.bundle)
+        rows.append("| " + " | ".join(_cell(c)[:400] for c in cells) + " |")
     return "\n".join(rows)
 
 
@@ -305,16 +308,15 @@ class _EngineProbe:
 
 
 def _convert_cdal(spec: dict, parser: Any) -> None:
-    """Convert the authors'-format stand-in generator into ``ckpt_dir/model.pt`` (the real converter)."""
-    from scripts.convert import convert_official_generator_state_dict  # the bundle's scripts package
+    """Convert the authors'-format stand-in generator into ``ckpt_dir/model.pt`` with the real converter
+    (``tools/convert_checkpoint.py cdal``, the stage's dataset overlays as ``--override``)."""
+    from scripts.convert import convert_cdal  # the bundle's scripts package
 
-    from common.atomic import atomic_torch_save
-    from common.legacy_checkpoints import load_state_dict_file
-
-    network = parser.get_parsed_content("network_def")
-    state = convert_official_generator_state_dict(load_state_dict_file(spec["standins"]["cdal"]), network)
-    network.load_state_dict(state, strict=True)
-    atomic_torch_save({"model": network.state_dict()}, Path(spec["ckpt_dir"]) / "model.pt")
+    overlays = [str(Path(c).resolve()) for c in spec["configs"] if Path(c).name != "inference.json"]
+    convert_cdal(argparse.Namespace(
+        src=spec["standins"]["cdal"], dst=str(Path(spec["ckpt_dir"]) / "model.pt"),
+        network=str(Path("configs/inference.json").resolve()) + "#network_def", override=overlays, key=None,
+    ))
 
 
 def _init_weights(spec: dict, parser: Any) -> None:
@@ -485,6 +487,11 @@ def _config_label(configs: list[str]) -> str:
     return " + ".join(Path(c).name for c in configs)
 
 
+#: (bundle, stage config) -> (the largest batch that fitted in this process's earlier runs, why): the datasets of a
+#: bundle share the network and the image size, so DiffBoost's ControlNet search runs once, not per dataset
+_FITTING_BATCH: dict[tuple[str, str], tuple[int, list[str]]] = {}
+
+
 def _first_training_cases(datalist: Path, n: int, work: Path) -> Path:
     """A copy of ``datalist`` whose training split is its first ``n`` cases (paths are absolute)."""
     from common.atomic import atomic_write_json
@@ -537,6 +544,10 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
         if st.stage == "train":
             overrides.update(TRAIN_CAP)
         batch = st.paper_batch_size
+        known = _FITTING_BATCH.get((chain.bundle, st.configs[0]))
+        if batch and known and known[0] < batch:  # same network and image size: skip the tries known to fail
+            batch = known[0]
+            rec.notes += known[1] + [f"started at batch {batch}, the largest that fitted earlier in this check"]
         while True:
             if st.batch_key and batch is not None:
                 overrides[st.batch_key] = batch
@@ -563,6 +574,10 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
         rec.error = None if rec.ok else result.get("error", "failed")
         if rec.ok and rec.batch_size is not None and rec.paper_batch_size and rec.batch_size < rec.paper_batch_size:
             rec.notes.append(f"batch {rec.batch_size} = the largest that fits ({rec.paper_batch_size} in the paper)")
+            if (chain.bundle, st.configs[0]) not in _FITTING_BATCH:
+                _FITTING_BATCH[(chain.bundle, st.configs[0])] = (
+                    rec.batch_size, [n for n in rec.notes if "exceeded" in n]
+                )
         secs = rec.seconds_per_iteration or rec.seconds_per_case
         print(f"[paper-scale] {chain.key}: {label} {'ok' if rec.ok else 'FAILED'}"
               f"{'' if secs is None else f', {secs:.2f} s'}"
@@ -605,33 +620,6 @@ def select_chains(bundles: list[str] | None, datasets: list[str] | None) -> list
     return chains
 
 
-def card_table(records: list[Record]) -> str:
-    """The model card's "Paper scale on CPU" table of one bundle's records."""
-    rows = [
-        "| dataset | config | stage | s/iteration or s/case | peak RSS GB | GFLOP | peak fraction | "
-        "projected A100 s | batch (paper) | input | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in records:
-        sec = r.seconds_per_iteration if r.seconds_per_iteration is not None else r.seconds_per_case
-        unit = " /iter" if r.seconds_per_iteration is not None else " /case"
-        stage = r.stage if r.step in ("", r.stage) else f"{r.stage} ({r.step})"
-        batch = "-" if r.batch_size is None else f"{r.batch_size} ({r.paper_batch_size})"
-        notes = [f"{k}={v}" for k, v in r.caps.items()] + [n for n in r.notes if "FLOP counter" not in n]
-        if r.seconds_per_step is not None:
-            notes.append(f"{r.seconds_per_step:.1f} s per DDIM step")
-        if not r.ok:
-            notes.append(f"FAILED: {r.error}")
-        rows.append(
-            f"| {r.dataset} | {r.config} | {stage} | {_fmt(sec, '.1f')}{unit if sec is not None else ''} | "
-            f"{_fmt(None if r.peak_rss_mb is None else r.peak_rss_mb / 1024, '.1f')} | "
-            f"{_fmt(None if r.flops is None else r.flops / 1e9, '.0f')} | {_fmt(r.peak_fraction, '.2f')} | "
-            f"{_fmt(r.projected_gpu_s, '.2f')} | {batch} | {r.input_shape or '-'} | "
-            f"{_cell('; '.join(notes))} |"
-        )
-    return "\n".join(rows)
-
-
 def replace_marked_section(path: Path, marker: str, text: str) -> bool:
     """Replace what stands between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``path`` by ``text``;
     False (nothing written) unless each marker stands once, start before end."""
@@ -668,13 +656,38 @@ def _method_text(records: list[Record], started: str) -> str:
     )
 
 
+def summary_table(records: list[Record]) -> str:
+    """One row per bundle x dataset: every stage ok?, training s/iteration and inference s/case, peak memory."""
+    rows = ["| bundle | dataset | runs ok | training s/iteration (batch) | inference s/case | peak memory GB |",
+            "|---|---|---|---|---|---|"]
+    chains: dict[tuple[str, str], list[Record]] = {}
+    for r in records:
+        chains.setdefault((r.bundle, r.dataset), []).append(r)
+    for (bundle, dataset), recs in chains.items():
+        train = "; ".join(f"{r.step}: {_fmt(r.seconds_per_iteration, '.1f')} ({r.batch_size})"
+                          for r in recs if r.stage == "train")
+        infer = "; ".join(f"{r.step}: {_fmt(r.seconds_per_case, '.1f')}" for r in recs
+                          if r.stage in ("inference", "synthesis"))
+        peak = max((r.peak_rss_mb for r in recs if r.peak_rss_mb), default=None)
+        rows.append(f"| {bundle} | {dataset} | {sum(r.ok for r in recs)}/{len(recs)} | {train or '-'} | "
+                    f"{infer or '-'} | {_fmt(None if peak is None else peak / 1024, '.1f')} |")
+    return "\n".join(rows)
+
+
 def update_model_cards(records: list[Record], started: str) -> list[Path]:
-    """Write each bundle's records into its model card (between the ``paper-scale`` markers)."""
+    """Write each bundle's records into its model card (between the ``paper-scale`` markers) and the summary into
+    the repository README (``paper-scale-summary``)."""
     done = []
+    readme = REPO_ROOT / "README.md"
+    cores = next((r.cpu_cores for r in records if r.cpu_cores), None)
+    text = (f"Measured {started} on a {cores}-core CPU machine (stand-in weights, synthetic data of the papers' "
+            "sizes; per-stage details and FLOPs in each model card):\n\n" + summary_table(records))
+    if replace_marked_section(readme, "paper-scale-summary", text):
+        done.append(readme)
     for bundle in sorted({r.bundle for r in records}):
         card = REPO_ROOT / "bundles" / bundle / "docs" / "README.md"
         rows = [r for r in records if r.bundle == bundle]
-        text = _method_text(rows, started) + card_table(rows)
+        text = _method_text(rows, started) + markdown_table(rows, bundle_column=False)
         if card.is_file() and replace_marked_section(card, "paper-scale", text):
             done.append(card)
     return done
