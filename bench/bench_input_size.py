@@ -35,8 +35,8 @@ for p in (str(REPO), str(REPO / "tools")):
 
 import paper_scale_check as psc  # noqa: E402  (tools/paper_scale_check.py)
 
-from common.atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from common.profiling import memory_total_gb  # noqa: E402
+from common.io.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from common.utils.profiling import memory_total_gb  # noqa: E402
 
 #: bundle -> (paper-size dataset, the three sizes, inference overlay files, stand-in parts)
 SWEEPS: dict[str, tuple[str, list, list[str], list[str]]] = {

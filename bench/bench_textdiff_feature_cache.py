@@ -3,13 +3,13 @@
 
     python bench/bench_textdiff_feature_cache.py [--scale demo|paper] [--n-images 8] [--epochs 3] [--device cpu]
 
-Both variants train the same head (``common.text_guided_head.TextGuidedPixelClassifier``) with the same loss,
+Both variants train the same head (``scripts.text_guided_head.TextGuidedPixelClassifier``) with the same loss,
 optimiser and batches, in the same process:
 
-* ``rerun``: every iteration runs the frozen UNet at the 3 steps (``common.diffusion_features``) -- the official
+* ``rerun``: every iteration runs the frozen UNet at the 3 steps (``scripts.diffusion_features``) -- the official
   code's way (spec §2.2);
 * ``cache``: the features were computed once (timed separately as ``fill``) into a
-  ``common.feature_cache.FeatureCache`` (memory-mapped ``.npy``) and are read back every iteration.
+  ``scripts.feature_cache.FeatureCache`` (memory-mapped ``.npy``) and are read back every iteration.
 
 Text tokens come from a frozen encoder whose per-text cache makes them free after the first epoch in both
 variants, so random token tensors stand in for it here. ``--scale demo`` = the demo config (tiny random UNet,
@@ -33,10 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from common.diffusion_features import DiffusionFeatureExtractor  # noqa: E402
-from common.feature_cache import FeatureCache  # noqa: E402
-from common.guided_diffusion import ADM_256_UNCOND, adm_unet  # noqa: E402
-from common.text_guided_head import TextGuidedPixelClassifier  # noqa: E402
+from common.networks.guided_diffusion import ADM_256_UNCOND, adm_unet  # noqa: E402
+from common.utils.bundles import bundle_scripts  # noqa: E402
+
+with bundle_scripts("textdiff"):
+    from scripts.diffusion_features import DiffusionFeatureExtractor
+    from scripts.feature_cache import FeatureCache
+    from scripts.text_guided_head import TextGuidedPixelClassifier
 
 SCALES = {
     "demo": dict(

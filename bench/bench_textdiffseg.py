@@ -45,7 +45,7 @@ from monai.bundle import ConfigParser  # noqa: E402
 from monai.networks.nets import DiffusionModelUNet  # noqa: E402
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler  # noqa: E402
 
-from common.ddim_sliding_window import DDIMSlidingWindowInferer  # noqa: E402
+from common.inferers.ddim_sliding_window import DDIMSlidingWindowInferer  # noqa: E402
 
 
 def build_network(device: torch.device):

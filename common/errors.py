@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from os import PathLike
+from typing import Any
 
-__all__ = ["BadInputError"]
+__all__ = ["BadInputError", "find_bad_input_error", "format_list", "short_message"]
+
+MAX_LISTED = 5  # how many offending keys/values a message lists
 
 
 class BadInputError(ValueError):
@@ -27,3 +31,32 @@ class BadInputError(ValueError):
 
     def __reduce__(self):  # keep picklable across DataLoader workers
         return (type(self), (self.source, self.problem))
+
+
+def find_bad_input_error(exc: BaseException | None) -> BadInputError | None:
+    """The :class:`BadInputError` in ``exc`` or its ``__cause__``/``__context__`` chain (``None`` if absent).
+
+    MONAI's ``Compose``/``Dataset`` wrap transform errors in ``RuntimeError``; use this to report the real problem.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, BadInputError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def format_list(items: Sequence[Any], limit: int = MAX_LISTED) -> str:
+    """``[a, b, c, ...]`` of at most ``limit`` items (strings quoted): how an error message lists offenders."""
+    items = list(items)
+    shown = ", ".join(repr(i) if isinstance(i, str) else str(i) for i in items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}]"
+
+
+def short_message(err: BaseException, limit: int = 300) -> str:
+    """``"TypeName: message"`` of ``err`` on one line, cut to ``limit`` characters: a cause quoted in an error."""
+    text = " ".join(str(err).split())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+

@@ -54,7 +54,8 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.atomic import atomic_torch_save, atomic_write_json, atomic_write_text, temp_path_for
+from common.io.atomic import atomic_torch_save, atomic_write_json, atomic_write_text, temp_path_for
+from common.utils.bundles import bundle_scripts
 
 if TYPE_CHECKING:
     import torch
@@ -283,24 +284,6 @@ def _staged_folder(final: Path) -> Iterator[Path]:
         raise
 
 
-@contextlib.contextmanager
-def _bundle_scripts(name: str) -> Iterator[Path]:
-    """``import scripts.*`` resolves to ``bundles/<name>/scripts`` inside the block; ``sys.modules`` / ``sys.path``
-    are restored afterwards (bundles all name their package ``scripts``)."""
-    bundle = REPO_ROOT / "bundles" / name
-    is_scripts = lambda k: k == "scripts" or k.startswith("scripts.")  # noqa: E731
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if is_scripts(k)}
-    sys.path.insert(0, str(bundle))
-    try:
-        yield bundle
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(str(bundle))
-        for k in [k for k in sys.modules if is_scripts(k)]:
-            del sys.modules[k]
-        sys.modules.update(saved)
-
-
 def _invalidate(folder: Path) -> None:
     """Remove ``folder``'s marker: the folder counts as incomplete until the writer has verified the new files."""
     with contextlib.suppress(FileNotFoundError):
@@ -334,13 +317,13 @@ def _say(log: _LogFn | None, message: str) -> None:
 def adm_standin_config() -> dict[str, Any]:
     """guided-diffusion flags of ``256x256_diffusion_uncond.pt`` = TextDiff's paper config
     (``bundles/textdiff/configs/train.json``): 566 tensors / 552,814,086 parameters."""
-    from common.guided_diffusion import ADM_256_UNCOND
+    from common.networks.guided_diffusion import ADM_256_UNCOND
 
     return dict(ADM_256_UNCOND)
 
 
 def monai_to_adm_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`common.guided_diffusion.convert_adm_state_dict`: MONAI ``DiffusionModelUNet`` weights
+    """The inverse of :func:`common.networks.guided_diffusion.convert_adm_state_dict`: MONAI ``DiffusionModelUNet`` weights
     (built by ``adm_unet``) -> an official guided-diffusion state dict, in ADM's key order.
 
     ``to_q``/``to_k``/``to_v`` (C, C) are fused head by head (legacy order) into ``qkv`` (3C, C, 1) (biases (3C,));
@@ -352,7 +335,7 @@ def monai_to_adm_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     """
     import torch
 
-    from common.guided_diffusion import adm_key_pairs
+    from common.networks.guided_diffusion import adm_key_pairs
 
     ours = unet.state_dict()
     used: set[str] = set()
@@ -390,18 +373,18 @@ def write_adm_standin(
     (``time_embed.0.weight``, ``input_blocks.0.0.weight``, ..., ``output_blocks.17.*``, ``out.2.weight``), as the
     released checkpoint (https://github.com/openai/guided-diffusion README, 256x256 unconditional).
 
-    Built by ``common.guided_diffusion.adm_unet(**config, init_seed=seed, random_residuals=True)`` (the zero-initialised
+    Built by ``common.networks.guided_diffusion.adm_unet(**config, init_seed=seed, random_residuals=True)`` (the zero-initialised
     output layers get small random weights, as a trained checkpoint has none that are zero) and renamed with
     :func:`monai_to_adm_state_dict`. Full size (``config=None`` = :func:`adm_standin_config`): 566 tensors,
     552,814,086 parameters, ~2.2 GB; the counts are asserted.
 
     Verification: the file re-loads with the same keys and values, and
-    ``common.guided_diffusion.load_adm_weights(fresh_unet, path)`` loads it strictly into a fresh UNet whose weights
+    ``common.networks.guided_diffusion.load_adm_weights(fresh_unet, path)`` loads it strictly into a fresh UNet whose weights
     then equal the written ones. The marker is written last. Returns the file path.
     """
     import torch
 
-    from common.guided_diffusion import adm_unet, load_adm_weights
+    from common.networks.guided_diffusion import adm_unet, load_adm_weights
 
     folder = Path(folder)
     flags = dict(config) if config is not None else adm_standin_config()
@@ -613,7 +596,7 @@ def write_bert_standin(
     ``config`` (``BertConfig`` kwargs) defaults to :func:`bert_standin_config` (108,310,272 parameters, asserted,
     ~433 MB); a smaller config must keep ``vocab_size`` 28,996. The folder is staged and renamed into place.
 
-    Verification: ``common.text_encoder.load_pretrained_text_encoder(folder)`` gives the same parameter count and
+    Verification: ``common.text.encoder.load_pretrained_text_encoder(folder)`` gives the same parameter count and
     values (fingerprint) and a 28,996-token tokenizer, and ``FrozenTextEncoder(folder, max_length=10,
     padding="max_length", truncation=True)`` embeds a sentence to (1, 10, hidden). Returns ``folder``.
     """
@@ -635,7 +618,7 @@ def write_bert_standin(
     del model
     gc.collect()
     if verify:
-        from common.text_encoder import FrozenTextEncoder, load_pretrained_text_encoder
+        from common.text.encoder import FrozenTextEncoder, load_pretrained_text_encoder
 
         tokenizer, loaded = load_pretrained_text_encoder(folder)
         _check(_numel(loaded.parameters()) == n_params, "re-loaded BERT parameter count differs")
@@ -902,7 +885,6 @@ def write_sd_standin(
     Verification with the bundle's loader: ``scripts.sd_parts.load_sd_parts(folder)`` (DiffBoost) loads the five
     parts and ``make_controlnet`` builds a ControlNet from its UNet. Returns ``folder``.
     """
-    import torch
     from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -948,7 +930,7 @@ def write_sd_standin(
         PNDMScheduler.from_pretrained(str(folder / "scheduler"))
         DDPMScheduler.from_pretrained(str(folder / "scheduler"))
         t0 = time.perf_counter()
-        with _bundle_scripts("diffboost"):
+        with bundle_scripts("diffboost"):
             from scripts.sd_parts import load_sd_parts, make_controlnet
 
             parts = load_sd_parts(folder)
@@ -971,10 +953,11 @@ def write_sd_standin(
 
 # ----------------------------------------------------------------------------------------------------------- HED
 def hed_standin_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random ``common.edges.HEDNetwork`` weights under the real file's key names: the annotator's
+    """Random ``scripts.edges.HEDNetwork`` weights under the real file's key names: the annotator's
     ``network-bsds500.pth`` stores ``moduleVggOne.0.weight`` ... ``moduleCombine.0.bias`` (38 tensors, 14,716,171
     parameters; the ControlNet annotator and :meth:`HEDNetwork.from_file` rename ``module`` -> ``net``)."""
-    from common.edges import HEDNetwork
+    with bundle_scripts("diffboost"):
+        from scripts.edges import HEDNetwork
 
     with _seeded(seed):
         net = HEDNetwork()
@@ -987,12 +970,13 @@ def write_hed_standin(
     """Write ``folder/network-bsds500.pth`` (HED BSDS500 weights of https://huggingface.co/lllyasviel/Annotators,
     the file DiffBoost's ``hed_weights`` names): a ``torch.save``-d state dict of :func:`hed_standin_state_dict`.
 
-    Verification: ``common.edges.HEDNetwork.from_file(path)`` (the real loader) loads it strictly with equal
+    Verification: ``scripts.edges.HEDNetwork.from_file(path)`` (the real loader) loads it strictly with equal
     weights. Returns the file path.
     """
     import torch
 
-    from common.edges import HEDNetwork
+    with bundle_scripts("diffboost"):
+        from scripts.edges import HEDNetwork
 
     folder = Path(folder)
     path = folder / filename
@@ -1031,7 +1015,7 @@ def cdal_official_state_dict(network: torch.nn.Module, ddp: bool = True) -> dict
     """``CDALGenerator`` weights under the authors' ``NCSNpp`` names (``all_modules.<i>.*``, ``z_transform.*``; with
     ``module.`` in front when ``ddp``, as their ``DistributedDataParallel`` saved them): the inverse of
     ``scripts.convert.official_key_map`` of the cDAL bundle."""
-    with _bundle_scripts("cdal"):
+    with bundle_scripts("cdal"):
         from scripts.convert import official_key_map
 
         mapping = official_key_map(network)
@@ -1064,7 +1048,7 @@ def write_cdal_standin(
     path = folder / filename
     _invalidate(folder)
     cfg = cdal_standin_config(overrides)
-    with _bundle_scripts("cdal"):
+    with bundle_scripts("cdal"):
         from scripts.convert import convert_official_generator_state_dict
         from scripts.networks import CDALGenerator
 

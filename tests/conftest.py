@@ -22,7 +22,7 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder with a tiny random BERT (hidden 32, 2 layers, 2 heads, 64 positions) and a real WordPiece tokenizer.
 
     Written with ``save_pretrained`` (config.json, model.safetensors, tokenizer files), i.e. the layout
-    :class:`common.text_encoder.FrozenTextEncoder` loads offline. Deterministic weights (seed 0). Read-only by
+    :class:`common.text.encoder.FrozenTextEncoder` loads offline. Deterministic weights (seed 0). Read-only by
     convention: tests must not write into it.
     """
     from transformers import BertConfig, BertModel, BertTokenizer

@@ -7,7 +7,7 @@
 ``generative``: a checkpoint of the frozen ``monai-generative`` package (DiffusionModelUNet, AutoencoderKL,
 ControlNet, ...) into the MONAI core class built from ``--network`` (a bundle config file and the id of the network
 definition in it, or a JSON file with a ``_target_`` component). Every old key must map to a new one and every new
-key must be filled; otherwise the tool stops with the list of keys (see ``common.legacy_checkpoints``).
+key must be filled; otherwise the tool stops with the list of keys (see ``common.io.checkpoints``).
 
 Bundles register their own converters (authors' released weights) in ``common`` with
 ``@register_checkpoint_converter``; they appear here as further sub-commands.
@@ -25,7 +25,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from common.errors import BadInputError  # noqa: E402
-from common.legacy_checkpoints import (  # noqa: E402
+from common.io.checkpoints import (  # noqa: E402
     available_checkpoint_converters,
     convert_generative_state_dict,
     get_checkpoint_converter,
@@ -34,7 +34,7 @@ from common.legacy_checkpoints import (  # noqa: E402
 )
 
 #: modules that register bundle-specific converters when imported (added by the bundle issues)
-CONVERTER_MODULES: tuple[str, ...] = ("common.guided_diffusion", "bundles.cdal.scripts.convert")
+CONVERTER_MODULES: tuple[str, ...] = ("bundles.cdal.scripts.convert",)
 
 
 def build_network(spec: str):
@@ -58,7 +58,7 @@ def build_network(spec: str):
 @register_checkpoint_converter("generative")
 def convert_generative(args: argparse.Namespace) -> Path:
     """monai-generative checkpoint -> MONAI core network weights."""
-    from common.atomic import atomic_torch_save
+    from common.io.atomic import atomic_torch_save
 
     net = build_network(args.network)
     old = load_state_dict_file(args.src, key=args.key)
@@ -76,6 +76,50 @@ def _generative_args(p: argparse.ArgumentParser) -> None:
 
 
 convert_generative.add_arguments = _generative_args  # type: ignore[attr-defined]
+
+
+@register_checkpoint_converter("textdiff")
+def convert_textdiff(args: argparse.Namespace) -> Path:
+    """guided-diffusion (ADM) checkpoint, e.g. 256x256_diffusion_uncond.pt -> MONAI DiffusionModelUNet weights."""
+    from common.io.atomic import atomic_torch_save
+    from common.networks.guided_diffusion import ADM_256_UNCOND, adm_unet, convert_adm_state_dict, is_adm_state_dict
+
+    flags = dict(ADM_256_UNCOND)
+    for name in ("image_size", "model_channels", "num_res_blocks", "num_head_channels", "in_channels", "out_channels"):
+        value = getattr(args, name, None)
+        if value is not None:
+            flags[name] = int(value)
+    if getattr(args, "channel_mult", None):
+        flags["channel_mult"] = tuple(int(c) for c in str(args.channel_mult).split(","))
+    if getattr(args, "attention_resolutions", None):
+        flags["attention_resolutions"] = tuple(int(c) for c in str(args.attention_resolutions).split(","))
+    unet = adm_unet(**flags)
+    state = load_state_dict_file(args.src, key=args.key)
+    if not is_adm_state_dict(state):
+        raise BadInputError(args.src, "no guided-diffusion keys (input_blocks.*, output_blocks.*) in this checkpoint")
+    converted = convert_adm_state_dict(state, unet, args.src)
+    unet.load_state_dict(converted, strict=True)
+    flags_json = {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items()}
+    atomic_torch_save({"model": converted, "adm_flags": flags_json}, args.dst)
+    print(f"converted {len(state)} guided-diffusion tensors of {args.src} into DiffusionModelUNet -> {args.dst}")
+    return Path(args.dst)
+
+
+def _textdiff_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--src", required=True, help="guided-diffusion checkpoint (e.g. 256x256_diffusion_uncond.pt)")
+    p.add_argument("--dst", required=True, help="output .pt holding {'model': MONAI state dict}")
+    p.add_argument("--key", default=None, help="top-level key holding the weights in --src (auto if omitted)")
+    p.add_argument("--image-size", dest="image_size", type=int, default=None, help="default 256")
+    p.add_argument("--model-channels", dest="model_channels", type=int, default=None, help="default 256")
+    p.add_argument("--channel-mult", dest="channel_mult", default=None, help="default 1,1,2,2,4,4")
+    p.add_argument("--num-res-blocks", dest="num_res_blocks", type=int, default=None, help="default 2")
+    p.add_argument("--attention-resolutions", dest="attention_resolutions", default=None, help="default 32,16,8")
+    p.add_argument("--num-head-channels", dest="num_head_channels", type=int, default=None, help="default 64")
+    p.add_argument("--in-channels", dest="in_channels", type=int, default=None, help="default 3")
+    p.add_argument("--out-channels", dest="out_channels", type=int, default=None, help="default 6 (learn_sigma)")
+
+
+convert_textdiff.add_arguments = _textdiff_args  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ The whole ``common`` package (Python files and schemas) is copied into ``DIR/<na
 puts the bundle folder on ``sys.path``, so ``common.*`` resolves to the copy. All of it, not only the modules this
 bundle uses: a MONAI Label server loads several bundles into ONE process and only reloads their ``scripts``
 packages between them, so the ``common`` imported first (by whichever bundle) must serve every other bundle too
-(a bundle-specific subset failed there with ``No module named 'common.adaptive_norm'``). The bundle's configs and
+(a bundle-specific subset failed there with ``No module named 'scripts.adaptive_norm'``). The bundle's configs and
 ``scripts/`` are still scanned for the ``common`` modules they use (transitively): that closure is recorded as
 ``packaged_common.modules_used`` and decides the pinned third-party packages. ``configs/metadata.json`` gets the versions of the installed third-party packages the code imports
 (``required_packages_version``, ``monai_version``, ``pytorch_version``, ``numpy_version``) and a

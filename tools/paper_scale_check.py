@@ -25,7 +25,7 @@ TextDiffSeg KiTS21 + LiTS + MSD Pancreas + MSD Colon; DiffBoost BUSI + MSD Splee
    ``flops`` (per iteration / per case; ``torch.utils.flop_counter``), ``params_trainable``, ``params_frozen``,
    ``batch_size``, ``paper_batch_size``, ``input_shape``, ``peak_flops`` (this CPU, a large matmul measured in the
    same process), ``peak_fraction``, ``projected_gpu_s`` (a PROJECTION: FLOPs over one A100's fp16 peak at the
-   stated utilisation, :mod:`common.profiling`), ``caps``, ``log``.
+   stated utilisation, :mod:`common.utils.profiling`), ``caps``, ``log``.
 
 Exit code 1 when any run fails. Each run is its own process (``--child``); its log is ``OUT/logs/<run>.log``.
 """
@@ -275,7 +275,7 @@ class _EngineProbe:
     def __init__(self, engine: Any, count_iteration: int = 1) -> None:
         from ignite.engine import Events
 
-        from common.profiling import FlopCount
+        from common.utils.profiling import FlopCount
 
         self.flops = FlopCount()
         self.count_iteration = count_iteration
@@ -322,15 +322,15 @@ def _convert_cdal(spec: dict, parser: Any) -> None:
 def _init_weights(spec: dict, parser: Any) -> None:
     """Write the freshly initialised ``network_def`` as ``ckpt_dir/model.pt`` (a raw state dict): inference benches
     that need weights of the right shapes, not trained ones."""
-    from common.atomic import atomic_torch_save
+    from common.io.atomic import atomic_torch_save
 
     atomic_torch_save(parser.get_parsed_content("network_def").state_dict(), Path(spec["ckpt_dir"]) / "model.pt")
 
 
 def run_child(spec_path: Path, result_path: Path) -> int:
     """Run one stage in this process (cwd = the bundle) and write its measurements to ``result_path``."""
-    from common.atomic import atomic_write_json
-    from common.profiling import ASSUMED_GPU_UTILISATION, measure_peak_flops, peak_rss_mb, projected_gpu_seconds
+    from common.io.atomic import atomic_write_json
+    from common.utils.profiling import ASSUMED_GPU_UTILISATION, measure_peak_flops, peak_rss_mb, projected_gpu_seconds
 
     spec = json.loads(spec_path.read_text())
     out: dict[str, Any] = {"ok": False, "notes": []}
@@ -365,7 +365,7 @@ def run_child(spec_path: Path, result_path: Path) -> int:
         elif stage == "init_weights":
             _init_weights(spec, parser)
         elif stage == "synthesis":
-            from common.profiling import FlopCount
+            from common.utils.profiling import FlopCount
 
             with FlopCount() as fc:
                 workflow.run()
@@ -435,7 +435,7 @@ def run_stage(spec: dict, log: Path, budget_mb: float, timeout_s: float) -> tupl
     The process tree's proportional set size (forked DataLoader workers share the parent's pages) is sampled every
     0.25 s; past ``budget_mb`` the tree is killed. A child killed by SIGKILL without a result (the kernel's OOM
     killer) counts as ``"memory"`` too."""
-    from common.profiling import process_tree_pss_mb
+    from common.utils.profiling import process_tree_pss_mb
 
     spec_path = log.with_suffix(".spec.json")
     result_path = log.with_suffix(".result.json")
@@ -494,7 +494,7 @@ _FITTING_BATCH: dict[tuple[str, str], tuple[int, list[str]]] = {}
 
 def _first_training_cases(datalist: Path, n: int, work: Path) -> Path:
     """A copy of ``datalist`` whose training split is its first ``n`` cases (paths are absolute)."""
-    from common.atomic import atomic_write_json
+    from common.io.atomic import atomic_write_json
 
     doc = json.loads(datalist.read_text())
     doc["training"] = doc["training"][:n]
@@ -503,8 +503,8 @@ def _first_training_cases(datalist: Path, n: int, work: Path) -> Path:
 
 def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], budget_mb: float) -> list[Record]:
     from common.data.paper_size import write_paper_size_dataset
-    from common.profiling import memory_total_gb
     from common.standins import standin_overrides
+    from common.utils.profiling import memory_total_gb
 
     out: Path = args.out
     work = out / "runs" / chain.key
@@ -623,7 +623,7 @@ def select_chains(bundles: list[str] | None, datasets: list[str] | None) -> list
 def replace_marked_section(path: Path, marker: str, text: str) -> bool:
     """Replace what stands between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``path`` by ``text``;
     False (nothing written) unless each marker stands once, start before end."""
-    from common.atomic import atomic_write_text
+    from common.io.atomic import atomic_write_text
 
     start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     doc = path.read_text(encoding="utf-8")
@@ -695,7 +695,7 @@ def update_model_cards(records: list[Record], started: str) -> list[Path]:
 
 def write_report(out: Path, records: list[Record], started: str) -> None:
     """``OUT/paper_scale.json`` (the records) and ``OUT/paper_scale.md`` (how they were measured + the table)."""
-    from common.atomic import atomic_write_json, atomic_write_text
+    from common.io.atomic import atomic_write_json, atomic_write_text
 
     atomic_write_json(out / "paper_scale.json", [asdict(r) for r in records])
     head = "# Paper scale on CPU\n\n" + _method_text(records, started)
@@ -704,7 +704,7 @@ def write_report(out: Path, records: list[Record], started: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (see the module docstring); exit code 1 when a run failed."""
-    from common.profiling import memory_total_gb
+    from common.utils.profiling import memory_total_gb
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--standins", type=Path, help="folder written by tools/make_standins.py")

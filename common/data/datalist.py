@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import atomic_path
 from common.errors import BadInputError
+from common.io.atomic import atomic_path
 
 __all__ = [
     "DATALIST_FILENAME",

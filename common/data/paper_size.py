@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_write_json
 from common.errors import BadInputError
+from common.io.atomic import atomic_write_json
 
 __all__ = ["PAPER_SIZE_DATASETS", "PaperSizeDataset", "write_paper_size_dataset"]
 

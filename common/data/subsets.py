@@ -10,8 +10,8 @@ import random
 from collections.abc import Sequence
 from os import PathLike
 
-from common.atomic import atomic_write_json
 from common.errors import BadInputError
+from common.io.atomic import atomic_write_json
 
 __all__ = ["select_training_subset"]
 

@@ -30,7 +30,7 @@ import tifffile
 from PIL import Image, ImageDraw, ImageFilter
 
 from common.data.converters.monuseg import MONUSEG_TEST_FOLDER, MONUSEG_TRAIN_FOLDER
-from common.atomic import atomic_path
+from common.io.atomic import atomic_path
 
 __all__ = [
     "DEFAULT_NUCLEI_PATTERNS",

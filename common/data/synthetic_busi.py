@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from common.atomic import atomic_path
+from common.io.atomic import atomic_path
 
 __all__ = ["SyntheticBUSICase", "make_busi_like"]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from common.atomic import atomic_path
 from common.data.synthetic import _ellipsoid, _synthetic_volume
+from common.io.atomic import atomic_path
 
 __all__ = ["make_kits21_like", "make_lits_like"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from common.atomic import atomic_path
+from common.io.atomic import atomic_path
 
 __all__ = ["MONTGOMERY_SIZE", "SHENZHEN_SIZE", "SyntheticCXRLungCase", "make_cxr_lungs_like"]
 

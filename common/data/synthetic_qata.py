@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from common.atomic import atomic_path
 from common.data.xlsx import write_xlsx_table
+from common.io.atomic import atomic_path
 
 __all__ = ["SyntheticCXRCase", "make_qata_like"]
 

@@ -11,14 +11,14 @@ rich formatting, merged cells. :func:`write_xlsx_table` writes such a table (use
 from __future__ import annotations
 
 import re
-import zipfile
 import xml.etree.ElementTree as ET
+import zipfile
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
-from common.atomic import atomic_path
 from common.errors import BadInputError
+from common.io.atomic import atomic_path
 
 __all__ = ["read_xlsx_rows", "read_xlsx_table", "write_xlsx_table"]
 

@@ -31,8 +31,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from common.atomic import atomic_write_bytes
 from common.errors import BadInputError
+from common.io.atomic import atomic_write_bytes
 
 __all__ = [
     "CONTOUR_PALETTE",

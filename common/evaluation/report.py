@@ -44,8 +44,8 @@ from common.evaluation.metrics import (
     resolve_class_names,
     to_label_map,
 )
-from common.atomic import atomic_write_bytes
 from common.evaluation.overlay import palette_description, save_overlay
+from common.io.atomic import atomic_write_bytes
 
 __all__ = [
     "PER_CASE_CSV",

@@ -9,10 +9,10 @@ A training checkpoint is one ``.pt`` file holding a dict of plain state dicts::
 Only tensors, numbers, strings, ``None`` and dicts/lists/tuples of them are stored (numpy arrays, e.g. RNG states,
 are converted by :func:`to_weights_only_safe`), so every file loads with ``torch.load(..., weights_only=True)``.
 The ``"model"`` entry follows MONAI's convention, so MONAI's ``CheckpointLoader(load_dict={"model": net})``, MONAI
-Label and :func:`common.checks.load_network_weights` can read a training checkpoint directly.
+Label and :func:`common.io.checkpoints.load_network_weights` can read a training checkpoint directly.
 
 File names: ``<prefix>epoch=<N>.pt`` (default prefix ``"checkpoint_"``, as MONAI's ``CheckpointSaver``), written
-through :func:`common.atomic.atomic_torch_save`; a crash during a save leaves at most a hidden
+through :func:`common.io.atomic.atomic_torch_save`; a crash during a save leaves at most a hidden
 ``.<name>.<token>.tmp.pt`` file, which :func:`list_checkpoints` ignores and :func:`remove_stale_temp_files` deletes.
 """
 
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.atomic import atomic_torch_save, is_temp_path
-from common.checks import describe_state_dict_mismatch, load_checkpoint
 from common.errors import BadInputError
+from common.io.atomic import atomic_torch_save, is_temp_path
+from common.io.checkpoints import describe_state_dict_mismatch, load_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -152,7 +152,7 @@ def save_training_checkpoint(path: str | PathLike, state: Mapping[str, Any]) -> 
 def load_training_checkpoint(
     path: str | PathLike, required_keys: tuple[str, ...] = (), map_location: str | torch.device | None = "cpu"
 ) -> dict:
-    """Load a training checkpoint with ``weights_only=True`` (see :func:`common.checks.load_checkpoint`)."""
+    """Load a training checkpoint with ``weights_only=True`` (see :func:`common.io.checkpoints.load_checkpoint`)."""
     return load_checkpoint(path, required_keys=required_keys, map_location=map_location)
 
 

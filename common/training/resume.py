@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from common.atomic import atomic_torch_save
 from common.errors import BadInputError
+from common.io.atomic import atomic_torch_save
 from common.training.checkpoint import (
     DEFAULT_PREFIX,
     apply_state_dicts,

@@ -29,10 +29,9 @@ from pathlib import Path
 
 import torch
 
-from common.atomic import atomic_torch_save
-from common.checks import describe_state_dict_mismatch
 from common.errors import BadInputError
-from common.legacy_checkpoints import load_state_dict_file, register_checkpoint_converter
+from common.io.atomic import atomic_torch_save
+from common.io.checkpoints import describe_state_dict_mismatch, load_state_dict_file, register_checkpoint_converter
 from common.standins import warn_if_standin
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]

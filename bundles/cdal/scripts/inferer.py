@@ -24,7 +24,7 @@ takes the labels from ``metadata.json``'s ``channel_def``) works for all of them
 
 Output ``[B, K + 1, *spatial]`` (``K`` = 2 for binary, else the label channels): the K class scores, then the
 uncertainty = per-pixel variance over the N samples of the [0, 1] foreground map (one-hot label maps: summed over
-the foreground channels 1..Cl-1; the bundles' one definition, :func:`common.inference_transforms.foreground_variance`);
+the foreground channels 1..Cl-1; the bundles' one definition, :func:`common.inferers.sampling.foreground_variance`);
 ``return_uncertainty=False`` gives ``[B, K, ...]``.
 All randomness comes from one ``torch.Generator`` seeded with ``seed`` at every call, so the same image and seed
 give exactly the same mask (``seed=None``: the global RNG).
@@ -32,7 +32,6 @@ give exactly the same mask (``seed=None``: the global RNG).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -43,8 +42,8 @@ from monai.utils import convert_to_dst_type
 from torch import nn
 
 from common.errors import BadInputError
-from common.inference_transforms import foreground_variance
-from scripts.networks import unwrap
+from common.inferers.sampling import SamplingInferer, foreground_variance
+from common.networks.utils import unwrap_network
 from scripts.schedule import CDALSchedule
 
 __all__ = ["sample_label_maps", "CDALInferer"]
@@ -67,7 +66,7 @@ def sample_label_maps(
         num_samples: ``N``; the N samples run as one batch of ``N * B``.
         generator: random source for ``x_T``, ``z`` and the posterior noise.
     """
-    g = unwrap(network)
+    g = unwrap_network(network)
     b = image.shape[0]
     cond = image.repeat(num_samples, *([1] * (image.ndim - 1)))  # [N*B, Ci, H, W], sample-major
     shape = (num_samples * b, g.label_channels, *image.shape[2:])
@@ -81,7 +80,7 @@ def sample_label_maps(
     return x.reshape(num_samples, b, *x.shape[1:])
 
 
-class CDALInferer:
+class CDALInferer(SamplingInferer):
     """``inferer(image, network) -> [B, K + 1, *spatial]`` (K class scores, uncertainty); see the module docstring.
 
     Args:
@@ -92,7 +91,8 @@ class CDALInferer:
         sw_batch_size: tiles/windows per generator call.
         overlap: tile overlap (0 for the MoNuSeg 4-tile scheme; 0.75 for Hippocampus windows).
         resize_to: 2D only: resize the image to this size before tiling (MoNuSeg 512; ``None`` keeps it).
-        return_uncertainty: add the variance channel.
+        return_uncertainty: add the variance channel (default off: the plain ``inferer`` MONAI Label calls;
+            :meth:`with_uncertainty` gives the evaluator's copy with it on).
         beta_min, beta_max: the schedule's VP range.
     """
 
@@ -105,38 +105,20 @@ class CDALInferer:
         sw_batch_size: int = 4,
         overlap: float = 0.0,
         resize_to: Sequence[int] | int | None = None,
-        return_uncertainty: bool = True,
+        return_uncertainty: bool = False,
         beta_min: float = 0.1,
         beta_max: float = 20.0,
     ) -> None:
-        if int(num_samples) < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        super().__init__(num_samples=num_samples, seed=seed, return_uncertainty=return_uncertainty)
         self.schedule = CDALSchedule(num_timesteps, beta_min, beta_max)
-        self.num_samples = int(num_samples)
-        self.seed = seed
         self.roi_size = roi_size
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = float(overlap)
         self.resize_to = resize_to
-        self.return_uncertainty = return_uncertainty
-
-    def with_uncertainty_channel(self, flag: bool = True) -> CDALInferer:
-        """A shallow copy that does (or does not) append the uncertainty channel (the evaluator's variant of the
-        plain ``inferer`` that MONAI Label calls)."""
-        other = copy.copy(self)
-        other.return_uncertainty = bool(flag)
-        return other
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(self.seed))
-        return gen
-
     def _check(self, image: torch.Tensor, network: nn.Module) -> None:
-        g = unwrap(network)
+        g = unwrap_network(network)
         src = "image"
         if isinstance(image, MetaTensor):
             src = str(image.meta.get("filename_or_obj", "image"))
@@ -177,12 +159,14 @@ class CDALInferer:
 
     # ------------------------------------------------------------------------------------------------ call
     @torch.no_grad()
-    def __call__(self, image: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
+    def sample(self, inputs: torch.Tensor, network: nn.Module, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, C, *spatial]`` -> (class scores ``[B, K, *spatial]``, uncertainty ``[B, 1, *spatial]``)."""
+        image = inputs
         self._check(image, network)
         network.eval()
-        gen = self._generator(image.device)
+        gen = self.generator(image.device)
         x = image.as_subclass(torch.Tensor).float()
-        cl = unwrap(network).label_channels
+        cl = unwrap_network(network).label_channels
         if x.ndim == 4:
             size = tuple(x.shape[2:])
             if self.resize_to is not None:
@@ -202,6 +186,7 @@ class CDALInferer:
             )
             mean, var = maps[:, :cl], maps[:, cl:]
         scores = torch.cat([1.0 - mean, mean], dim=1) if cl == 1 else mean
-        scores = scores.to(torch.float32)
-        out = torch.cat([scores, var.to(torch.float32)], dim=1) if self.return_uncertainty else scores
-        return convert_to_dst_type(out, image)[0] if isinstance(image, MetaTensor) else out
+        scores, var = scores.to(torch.float32), var.to(torch.float32)
+        if isinstance(image, MetaTensor):
+            scores, var = convert_to_dst_type(scores, image)[0], convert_to_dst_type(var, image)[0]
+        return scores, var

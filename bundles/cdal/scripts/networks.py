@@ -6,7 +6,7 @@ cdal spec §2 (generator) and §3.1 (discriminator); official code ``score_sde/m
 time-conditioned (spec §9). The layer internals keep the official parameter names (``GroupNorm_0.style``,
 ``Conv_0``, ``Dense_0``, ``NIN_0.W``, ...) so :mod:`scripts.convert` maps the authors' checkpoints by position.
 
-FIR resampling is the pure-PyTorch :mod:`common.fir` (the official code needs a CUDA extension).
+FIR resampling is the pure-PyTorch :mod:`scripts.fir` (the official code needs a CUDA extension).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.adaptive_norm import AdaptiveGroupNorm, default_dense, latent_mapping_network
-from common.fir import FIRConvDownsample2d, fir_downsample_2d, fir_upsample_2d, variance_scaling_uniform_
+from common.networks.utils import unwrap_network
+from scripts.adaptive_norm import AdaptiveGroupNorm, default_dense, latent_mapping_network
+from scripts.fir import FIRConvDownsample2d, fir_downsample_2d, fir_upsample_2d, variance_scaling_uniform_
 
 __all__ = [
     "sinusoidal_embedding",
@@ -30,17 +31,9 @@ __all__ = [
     "CDALGenerator",
     "DownConvBlock",
     "CDALDiscriminator",
-    "unwrap",
 ]
 
 _SQRT2 = math.sqrt(2.0)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside ``DataParallel`` / ``DistributedDataParallel`` wrappers."""
-    while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        module = module.module
-    return module
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_positions: int = 10000) -> torch.Tensor:
@@ -504,7 +497,7 @@ def discriminator_attention_map(
 
     Returns ``[B, 1, H, W]`` (same ``H, W`` as ``x_lo``).
     """
-    d = unwrap(discriminator)
+    d = unwrap_network(discriminator)
     feats = d.get_features(x_lo, t, x_hi)
     if not 0 <= layer < len(feats):
         raise ValueError(f"attention layer {layer} out of range: the discriminator has {len(feats)} feature maps")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from monai.networks.schedulers import DDPMScheduler
 
-import common.noise_schedules  # noqa: F401  (registers "cdal_vp")
+import scripts.noise_schedules  # noqa: F401  (registers "cdal_vp")
 
 __all__ = ["CDALSchedule", "extract"]
 

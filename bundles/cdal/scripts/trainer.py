@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from monai.engines import Trainer
 from torch import nn
 
-from common.checks import check_loader_has_batches
 from common.errors import BadInputError
-from scripts.networks import discriminator_attention_map, unwrap
+from common.networks.utils import unwrap_network
+from common.transforms.checks import check_loader_has_batches
+from scripts.networks import discriminator_attention_map
 from scripts.schedule import CDALSchedule
 
 __all__ = ["labels_to_signed", "slices_2d", "EMAUpdater", "CDALTrainer", "discriminator_loss", "generator_loss"]
@@ -85,7 +86,7 @@ class EMAUpdater:
 
     @torch.no_grad()
     def update(self) -> None:
-        src = unwrap(self.network)
+        src = unwrap_network(self.network)
         for e, p in zip(self.ema_network.parameters(), src.parameters()):
             e.lerp_(p.detach(), 1.0 - self.decay)
         for e, b in zip(self.ema_network.buffers(), src.buffers()):
@@ -166,7 +167,7 @@ class CDALTrainer(Trainer):
         self.lazy_reg = int(lazy_reg) if lazy_reg else 0
         self.ema = ema
         self.image_key, self.label_key = image_key, label_key
-        self.nz = unwrap(generator).nz
+        self.nz = unwrap_network(generator).nz
         self._custom_prepare = prepare_batch
 
     def prepare(self, batchdata: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,4 +2,4 @@
 (``sd_parts``), the ControlNet fine-tune step (``controlnet_training``), offline synthesis (``synthesis``), data
 transforms (``transforms``), patch mixing (``mixing``), stage chaining for the demo (``pipeline``), baseline vs
 DiffBoost report (``compare``) and per-volume metrics of slice datalists (``volume_metrics``). The edge maps are
-generic and live in ``common.edges``."""
+generic and live in ``scripts.edges``."""

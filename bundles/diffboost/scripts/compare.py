@@ -8,8 +8,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_write_json, atomic_write_text
-from common.checks import load_network_weights
+from common.io.atomic import atomic_write_json, atomic_write_text
+from common.io.checkpoints import load_network_weights
 
 __all__ = ["BaselineComparison", "compare_with_baseline", "comparison_table"]
 

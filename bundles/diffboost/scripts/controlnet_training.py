@@ -21,8 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from common.checks import resolve_texts
 from common.errors import BadInputError
+from common.text.prompts import resolve_texts
 
 __all__ = ["PromptEncoder", "ControlNetIteration"]
 
@@ -86,7 +86,7 @@ class ControlNetIteration:
 
     def _texts(self, batch: Mapping[str, Any], n: int) -> list[str]:
         """The prompt of each of the ``n`` cases: its ``text``, else ``default_text``, else a
-        :class:`BadInputError` naming the case (``common.checks.resolve_texts``)."""
+        :class:`BadInputError` naming the case (``common.text.prompts.resolve_texts``)."""
         case_ids = batch.get(self.case_key)
         if isinstance(case_ids, str):
             case_ids = [case_ids]

@@ -1,7 +1,7 @@
 """The HED weights the edge maps need (diffboost spec §1.2, §8): a missing file stops the run, no silent fallback.
 
 DiffBoost's ControlNet hint is ``clip(HED(image) + B(label), 0, 1)`` with the ControlNet annotator's HED network and
-its BSDS500 weights ``network-bsds500.pth`` (``common.edges``). The paper-scale configs (``train_controlnet.json``,
+its BSDS500 weights ``network-bsds500.pth`` (``scripts.edges``). The paper-scale configs (``train_controlnet.json``,
 ``synthesize.json``) default ``hed_weights`` to ``<bundle_root>/models/network-bsds500.pth`` (listed in
 ``large_files.yml``); ``hed_weights: null`` selects the documented Sobel fallback (the CPU demo does). Their
 ``initialize`` calls :func:`require_hed_weights` first, so a configured but missing file ends the run with a message

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from common.atomic import atomic_write_text
 from common.errors import BadInputError
+from common.io.atomic import atomic_write_text
 from common.standins import warn_if_standin
 from common.training.distributed import is_distributed, process_rank
 

@@ -39,9 +39,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from common.atomic import atomic_path, atomic_write_json
-from common.checks import check_label, find_bad_input_error, resolve_texts
-from common.errors import BadInputError
+from common.errors import BadInputError, find_bad_input_error
+from common.io.atomic import atomic_path, atomic_write_json
+from common.text.prompts import resolve_texts
+from common.transforms.checks import check_label
 
 from .transforms import MANIFEST_NAME
 

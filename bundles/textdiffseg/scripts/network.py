@@ -6,10 +6,10 @@ Paper §II (Fig. 1) and ``textdiffseg.md`` §2-§3. Parts (MONAI building blocks
   two levels (the paper's "final two down-sampling layers ... incorporate multi-head attention layers"; MONAI's
   block there is single-head, so its ``SpatialAttentionBlock`` s are rebuilt with ``num_head_channels``), then
   ``BatchNorm3d`` (LDSeg). x (B, 1, 96^3) -> z_i (B, c, 12^3).
-- 3D cross-modal attention (§2.5, eq 2): :class:`common.cross_attention.TextCrossAttention` (voxels of z_i are the
+- 3D cross-modal attention (§2.5, eq 2): :class:`common.networks.cross_attention.TextCrossAttention` (voxels of z_i are the
   queries, text tokens keys/values, residual): z_it = z_i + attn(z_i, z_t). ``text_pooling="tokens"`` (default) attends
   the full token sequence; ``"pooled"`` is the paper's literal single text vector (one key: a constant offset).
-- label autoencoder (§2.2): :class:`common.label_autoencoder.LabelAutoencoder`, one-hot (B, N, 96^3) -> standardised
+- label autoencoder (§2.2): :class:`common.networks.label_autoencoder.LabelAutoencoder`, one-hot (B, N, 96^3) -> standardised
   z_l(0) (B, k, 12^3) -> logits (B, N, 96^3).
 - denoiser (§2.6): ``monai.networks.nets.DiffusionModelUNet`` on concat(z_l(t), z_it) ((k + c) channels) and t,
   predicting the noise (k channels). Text does not enter the denoiser (the paper fuses it before).
@@ -17,7 +17,7 @@ Paper §II (Fig. 1) and ``textdiffseg.md`` §2-§3. Parts (MONAI building blocks
 Training forward (§3): z_l(0) = E_label(onehot(y)); t ~ U{0..T-1}; z_l(t) = add_noise(z_l(0), eps, t);
 eps_hat = denoiser(concat(z_l(t), z_it), t); the decoder sees z_dn = z_l(t) - eps_hat (LDSeg's code,
 ``decoder_input="z_minus_eps"``, default) or the clamped x0 estimate (``"x0_estimate"``, flag).
-Sampling (§5) is :class:`common.ddim_sliding_window.DDIMSlidingWindowInferer`, through the methods ``condition``,
+Sampling (§5) is :class:`common.inferers.ddim_sliding_window.DDIMSlidingWindowInferer`, through the methods ``condition``,
 ``latent_shape``, ``predict_noise`` and ``decode_probabilities``.
 """
 
@@ -33,9 +33,9 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.autoencoderkl import Encoder
 from monai.networks.schedulers import DDIMScheduler
 
-from common.cross_attention import TextCrossAttention
 from common.errors import BadInputError
-from common.label_autoencoder import LabelAutoencoder
+from common.networks.cross_attention import TextCrossAttention
+from common.networks.label_autoencoder import LabelAutoencoder
 
 __all__ = ["TextDiffSegNet", "TrainingOutput", "pool_text"]
 

@@ -12,12 +12,13 @@ Paper §II.B.2 (eq 1) and ``textdiffseg.md`` §2.4. Two ways the text enters, ch
   classes, so the prompt selects the structure; inference runs once per prompt and paints the masks in order
   (:class:`TextGuidedInferer`), giving a multi-class map with one class per prompt.
 
-The text encoder is :class:`common.text_encoder.FrozenTextEncoder` (frozen Clinical BioBERT; the demo uses the
+The text encoder is :class:`common.text.encoder.FrozenTextEncoder` (frozen Clinical BioBERT; the demo uses the
 offline MiniLM). It is loaded on first use (:class:`TextConditioner`), so configs parse without it.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -26,9 +27,9 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
-from common.checks import resolve_texts
 from common.errors import BadInputError
-from common.text_encoder import FrozenTextEncoder
+from common.text.encoder import FrozenTextEncoder
+from common.text.prompts import resolve_texts
 
 __all__ = ["CaseTextd", "RandPromptTargetd", "TextConditioner", "TextGuidedInferer", "check_class_prompts"]
 
@@ -97,7 +98,7 @@ class TextConditioner:
 
     def texts_for(self, case_texts: Sequence[Any] | None, batch: int, case_ids: Sequence[Any] | None = None) -> list[list[str]]:
         """The sentences of each of ``batch`` cases: the dataset prompts, or (``use_case_text``) the case's text,
-        else ``default_text``, else :class:`BadInputError` naming the case (:func:`common.checks.resolve_texts`)."""
+        else ``default_text``, else :class:`BadInputError` naming the case (:func:`common.text.prompts.resolve_texts`)."""
         if not self.use_case_text:
             return [list(self.dataset_prompts) for _ in range(batch)]
         return [[t] for t in resolve_texts(case_texts, batch, self.default_text, case_ids)]
@@ -193,7 +194,7 @@ class TextGuidedInferer:
     segmented, in its own channel ``k + 1`` of the same (B, K + 1, ...) output, the other classes staying 0.
 
     Args:
-        inferer: a :class:`common.ddim_sliding_window.DDIMSlidingWindowInferer`.
+        inferer: a :class:`common.inferers.ddim_sliding_window.DDIMSlidingWindowInferer`.
         conditioner: the :class:`TextConditioner`.
         class_prompts: class-prompt mode when non-empty (see the module docstring).
         prompt: the typed prompt, or ``None``/empty (the dataset or class prompts as configured).
@@ -215,6 +216,13 @@ class TextGuidedInferer:
                 allowed = "; ".join(repr(c["text"]) for c in self.class_prompts)
                 raise BadInputError("prompt", f"{self.prompt!r} is not one of this model's class prompts: {allowed}")
             self._selected = match
+
+    def with_uncertainty(self, flag: bool = True) -> TextGuidedInferer:
+        """A shallow copy whose inner sampler does (or does not) append the uncertainty channel (the evaluator's
+        variant of the plain ``inferer`` MONAI Label calls; :meth:`common.inferers.sampling.SamplingInferer.with_uncertainty`)."""
+        other = copy.copy(self)
+        other.inferer = self.inferer.with_uncertainty(flag)
+        return other
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, text: Sequence[Any] | str | None = None,
                  case_ids: Sequence[Any] | None = None, return_uncertainty: bool | None = None) -> torch.Tensor:

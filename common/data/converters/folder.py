@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from common.data.converters import register_converter
-from common.data.converters.base import DatasetConverter, case_key, load_text_file, lookup_text, relative_path, visible_files
+from common.data.converters.base import (
+    DatasetConverter,
+    case_key,
+    load_text_file,
+    lookup_text,
+    relative_path,
+    visible_files,
+)
 from common.data.datalist import split_cases
 from common.errors import BadInputError
 

@@ -53,10 +53,10 @@ from PIL import Image, ImageDraw
 
 from common.data.converters import register_converter
 from common.data.converters.base import DatasetConverter, load_text_file, lookup_text, relative_path, visible_files
-from common.atomic import atomic_path
 from common.data.datalist import split_cases
 from common.data.describe import describe_nuclei_mask
 from common.errors import BadInputError
+from common.io.atomic import atomic_path
 
 __all__ = [
     "MONUSEG_TEST_FOLDER",

@@ -38,13 +38,13 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from common.atomic import atomic_path
 from common.data.converters import register_converter
 from common.data.converters._folds import FOLD_OPTIONS
 from common.data.converters.base import relative_path
 from common.data.converters.busi import _fold_documents
 from common.data.converters.msd import MSDConverter, MSDLayout, read_integer_label
 from common.errors import BadInputError
+from common.io.atomic import atomic_path
 
 __all__ = ["MSDSliceConverter", "organ_modality_prompt", "positive_slices"]
 

@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.atomic import atomic_path
 from common.data.converters import register_converter
 from common.data.converters.base import DatasetConverter, case_key, load_text_file, relative_path, visible_files
 from common.data.datalist import split_cases
 from common.data.xlsx import read_xlsx_table
 from common.errors import BadInputError
+from common.io.atomic import atomic_path
 
 __all__ = ["LVIT_FOLDERS", "QaTaConverter", "read_lvit_text_table"]
 

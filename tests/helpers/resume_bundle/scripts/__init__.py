@@ -1,1 +1,1 @@
-"""Scripts of the tiny test bundle used by tests/test_training_resume.py."""
+"""Scripts of the tiny test bundle used by tests/common/training/test_training_resume.py."""

@@ -1,0 +1,77 @@
+"""MONAI image savers that never leave a half-written output: writers go through :func:`common.io.atomic.atomic_path`.
+
+- :func:`atomic_writer_class` -- wraps a MONAI ``ImageWriter`` class so ``write`` targets a temp name then renames.
+- :class:`AtomicSaveImage` / :class:`AtomicSaveImaged` -- drop-in replacements of MONAI's ``SaveImage`` /
+  ``SaveImaged`` (same arguments) whose image writers write to a temporary name and rename.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+from monai.data import image_writer
+from monai.transforms import SaveImage, SaveImaged
+
+from common.io.atomic import atomic_path
+
+__all__ = ["atomic_writer_class", "AtomicNibabelWriter", "AtomicITKWriter", "AtomicPILWriter", "AtomicSaveImage", "AtomicSaveImaged"]
+
+_ATOMIC_WRITERS: dict[type, type] = {}
+
+
+def atomic_writer_class(writer_cls: type[image_writer.ImageWriter]) -> type[image_writer.ImageWriter]:
+    """Subclass of a MONAI ``ImageWriter`` class whose ``write(filename)`` goes through :func:`atomic_path`.
+
+    Built-in writers get module-level classes (``AtomicNibabelWriter``, ...) so that they pickle by reference.
+    """
+    if writer_cls in _ATOMIC_WRITERS.values():
+        return writer_cls
+    if writer_cls not in _ATOMIC_WRITERS:
+        name = f"Atomic{writer_cls.__name__}"
+
+        def write(self, filename_or_obj, verbose: bool = True, **kwargs):
+            if not isinstance(filename_or_obj, (str, PathLike)):  # file-like object: nothing to rename
+                return writer_cls.write(self, filename_or_obj, verbose=verbose, **kwargs)
+            with atomic_path(filename_or_obj) as tmp:
+                return writer_cls.write(self, str(tmp), verbose=verbose, **kwargs)
+
+        cls = type(name, (writer_cls,), {"write": write, "__module__": __name__, "__qualname__": name})
+        cls.__doc__ = f"``{writer_cls.__name__}`` writing to a temporary name in the same folder, then renaming."
+        _ATOMIC_WRITERS[writer_cls] = cls
+        globals().setdefault(name, cls)
+    return _ATOMIC_WRITERS[writer_cls]
+
+
+AtomicNibabelWriter = atomic_writer_class(image_writer.NibabelWriter)
+AtomicITKWriter = atomic_writer_class(image_writer.ITKWriter)
+AtomicPILWriter = atomic_writer_class(image_writer.PILWriter)
+
+
+class AtomicSaveImage(SaveImage):
+    """:class:`monai.transforms.SaveImage` that never leaves a half-written output file.
+
+    Same arguments as ``SaveImage`` (``output_dir``, ``output_postfix``, ``output_ext``, ``separate_folder``,
+    ``resample``, ``writer``, ...). Every writer MONAI would try is replaced by its atomic subclass
+    (:func:`atomic_writer_class`): the image is written to ``.<name>.<token>.tmp<ext>`` in the output folder and
+    renamed to ``<name><ext>`` only after the writer finished.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.writers = tuple(atomic_writer_class(w) for w in self.writers)
+
+
+class AtomicSaveImaged(SaveImaged):
+    """:class:`monai.transforms.SaveImaged` that never leaves a half-written output file.
+
+    Drop-in replacement in bundle configs (same arguments as ``SaveImaged``)::
+
+        {"_target_": "common.io.atomic.AtomicSaveImaged", "keys": "pred", "output_dir": "@output_dir",
+         "output_postfix": "seg", "output_ext": ".nii.gz", "separate_folder": false, "resample": false}
+
+    Input: ``data[key]`` channel-first ``[C, H, W]`` or ``[C, H, W, D]`` (MetaTensor with ``filename_or_obj``).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.saver.writers = tuple(atomic_writer_class(w) for w in self.saver.writers)
