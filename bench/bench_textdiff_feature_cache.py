@@ -7,7 +7,7 @@ Both variants train the same head (``scripts.text_guided_head.TextGuidedPixelCla
 optimiser and batches, in the same process:
 
 * ``rerun``: every iteration runs the frozen UNet at the 3 steps (``scripts.diffusion_features``) -- the official
-  code's way (spec §2.2);
+  code's way (bundles/textdiff/docs/sources.md §2.2);
 * ``cache``: the features were computed once (timed separately as ``fill``) into a
   ``scripts.feature_cache.FeatureCache`` (memory-mapped ``.npy``) and are read back every iteration.
 

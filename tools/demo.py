@@ -11,7 +11,9 @@
    on top, ``dataset_dir`` pointed at the demo dataset the bundle names in its ``demo.json`` (key
    ``demo_dataset``), and ``output_dir``/``ckpt_dir`` under ``<out>/<bundle>/``. Each step runs in its own process;
    its wall time and peak resident memory (``os.wait4``) are recorded and its output logged to
-   ``<out>/<bundle>/<step>.log``.
+   ``<out>/<bundle>/<step>.log``. A bundle whose training needs earlier stages (DiffBoost: ControlNet fine-tune,
+   synthesis, the baseline segmenter) lists them in its ``demo.json`` as ``demo_stages_before_train``
+   (``[{"name", "configs", "overrides"}]``, each run with ``demo.json`` on top); they count as training time.
 3. Prints the summary table (bundle, Dice, IoU, train s, infer s/case, peak RSS) and writes it as
    ``<out>/summary.md`` and ``<out>/summary.json``. Overlays are in ``<out>/<bundle>/eval/overlays/``.
 
@@ -136,9 +138,11 @@ def run_bundle(bundle: Path, datalists: dict[str, Path], out: Path) -> BundleRes
         "output_dir": str(work / "eval"),
         "ckpt_dir": str(work / "models"),
     }
-    for step, configs in STEPS:
+    stages = [(s["name"], [*s["configs"], "configs/demo.json"], {k: repr(v) for k, v in s.get("overrides", {}).items()})
+              for s in demo_cfg.get("demo_stages_before_train", [])]
+    for step, configs, extra in [*stages, *((name, cfgs, {}) for name, cfgs in STEPS)]:
         print(f"[demo] {bundle.name}: {step} ...", flush=True)
-        r = run_step(bundle, configs, overrides, work / f"{step}.log")
+        r = run_step(bundle, configs, {**overrides, **extra}, work / f"{step}.log")
         res.steps[step] = r
         print(f"[demo] {bundle.name}: {step} {'ok' if r.returncode == 0 else 'FAILED'} in {r.seconds:.1f} s, "
               f"peak RSS {r.peak_rss_mb:.0f} MB", flush=True)
@@ -148,7 +152,7 @@ def run_bundle(bundle: Path, datalists: dict[str, Path], out: Path) -> BundleRes
             break
     res.peak_rss_mb = max((s.peak_rss_mb for s in res.steps.values()), default=None)
     if "train" in res.steps:
-        res.train_s = res.steps["train"].seconds
+        res.train_s = res.steps["train"].seconds + sum(res.steps[name].seconds for name, _, _ in stages)
     summary_path = work / "eval" / "metrics_summary.json"
     if res.status == "ok" and summary_path.is_file():
         summary = json.loads(summary_path.read_text())

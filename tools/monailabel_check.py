@@ -15,8 +15,9 @@ Steps (each timed, written to ``<work>/report.json`` and printed as a table):
    ``configs/inference.json`` alone, and the weights are demo-size) and the weights as ``models/model.pt``;
 4. studies: the first test image of each demo dataset (2D PNG for MoNuSeg/BUSI, 3D NIfTI for MSD);
 5. ``monailabel start_server --app <app> --studies <studies> --conf models <bundles> --conf zoo_source github
-   --conf sam2 false`` on 127.0.0.1 (``zoo_source github``: offline, an existing local bundle is used as is;
-   shared/specs/monai-conventions.md section H), offline (``HF_HUB_OFFLINE=1``);
+   --conf sam2 false`` on 127.0.0.1 (``zoo_source github``: offline, an existing local bundle is used as is, see
+   https://github.com/Project-MONAI/MONAILabel/blob/main/monailabel/utils/others/generic.py
+   ``get_bundle_models``), offline (``HF_HUB_OFFLINE=1``);
 6. ``GET /info/``: every bundle is listed as an inference model with its labels, and as a trainer (MONAI Label
    accepted its ``train.json``); the text-guided bundles expose the ``text`` option (``displayable_configs``);
 7. ``POST /infer/<bundle>?image=<id>&output=image`` per bundle (the text-guided ones with a typed ``text``;
@@ -104,7 +105,7 @@ class Report:
 #:   with the demo's from-scratch 1e-3 three Adam steps on one constant text collapse the head (validation Dice
 #:   0.92 -> 0.05, measured; 0.88 at 1e-4, 0.87 at 1e-3 with per-case texts).
 MONAILABEL_TRAIN = {
-    "diffboost": {"demo_full_pipeline": False, "use_synthetic": False, "model_name": "model.pt"},
+    "diffboost": {"use_synthetic": False, "model_name": "model.pt"},
     "textdiff": {"learning_rate": 0.0001},
 }
 

@@ -114,9 +114,9 @@ def _diffboost(dataset: str, overlay: list[str], volumes: int | None) -> Chain:
     n_train = 64  # two batches of the paper's ControlNet batch of 32
     return Chain("diffboost", dataset, {"name": dataset, "n_train": n_train, "n_test": 1, "volumes": volumes},
                  ["sd", "hed"], [
-                     Stage("train", ["configs/train_controlnet.json", *overlay], batch_key="controlnet_batch_size",
+                     Stage("train", ["configs/train.json", "configs/train_controlnet.json", *overlay], batch_key="controlnet_batch_size",
                            paper_batch_size=32, name="controlnet"),
-                     Stage("synthesis", ["configs/synthesize.json", *overlay], caps=dict(SYNTHESIS_CAPS),
+                     Stage("synthesis", ["configs/train.json", "configs/synthesize.json", *overlay], caps=dict(SYNTHESIS_CAPS),
                            train_cases=16),
                      Stage("train", ["configs/train.json", *overlay], batch_key="batch_size", paper_batch_size=8,
                            train_cases=16, name="segmentation"),
@@ -487,7 +487,7 @@ def _config_label(configs: list[str]) -> str:
     return " + ".join(Path(c).name for c in configs)
 
 
-#: (bundle, stage config) -> (the largest batch that fitted in this process's earlier runs, why): the datasets of a
+#: (bundle, the stage's batch-size key) -> (the largest batch that fitted in this process's earlier runs, why): the datasets of a
 #: bundle share the network and the image size, so DiffBoost's ControlNet search runs once, not per dataset
 _FITTING_BATCH: dict[tuple[str, str], tuple[int, list[str]]] = {}
 
@@ -544,7 +544,7 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
         if st.stage == "train":
             overrides.update(TRAIN_CAP)
         batch = st.paper_batch_size
-        known = _FITTING_BATCH.get((chain.bundle, st.configs[0]))
+        known = _FITTING_BATCH.get((chain.bundle, st.batch_key))
         if batch and known and known[0] < batch:  # same network and image size: skip the tries known to fail
             batch = known[0]
             rec.notes += known[1] + [f"started at batch {batch}, the largest that fitted earlier in this check"]
@@ -574,8 +574,8 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
         rec.error = None if rec.ok else result.get("error", "failed")
         if rec.ok and rec.batch_size is not None and rec.paper_batch_size and rec.batch_size < rec.paper_batch_size:
             rec.notes.append(f"batch {rec.batch_size} = the largest that fits ({rec.paper_batch_size} in the paper)")
-            if (chain.bundle, st.configs[0]) not in _FITTING_BATCH:
-                _FITTING_BATCH[(chain.bundle, st.configs[0])] = (
+            if (chain.bundle, st.batch_key) not in _FITTING_BATCH:
+                _FITTING_BATCH[(chain.bundle, st.batch_key)] = (
                     rec.batch_size, [n for n in rec.notes if "exceeded" in n]
                 )
         secs = rec.seconds_per_iteration or rec.seconds_per_case

@@ -4,7 +4,7 @@
 #   bash tools/setup_monailabel_env.sh          # -> ./.venv-monailabel
 #   MONAILABEL_VENV=/path bash tools/setup_monailabel_env.sh
 #
-# Why separate (shared/specs/monai-conventions.md A.6): `pip install monailabel` beside monai 1.6.1 pulls
+# Why separate (measured here with pip): `pip install monailabel` beside monai 1.6.1 pulls
 # torchvision 0.29.1, which replaces torch 2.13.0+cpu by torch 2.14.1 (CUDA build, runs on CPU too), and it pins
 # numpy < 2 and jsonschema 3 (pydicom-seg). About 8.5 GB and ~9 minutes on 2 cores. torch==2.13.0 is installed
 # first anyway so that pip never resolves a bare `torch` on its own.

@@ -25,7 +25,7 @@ case id or a text next to the datalist.
 
 This module also holds the deterministic case-level splitting used by every converter (:func:`split_cases`) and a
 dependency-free re-implementation of ``sklearn.model_selection.KFold(shuffle=False)`` (:func:`kfold_splits`;
-scikit-learn is not a project dependency) used for DiffBoost's 3-fold CV (diffboost spec §1.3).
+scikit-learn is not a project dependency) used for DiffBoost's 3-fold CV (bundles/diffboost/docs/sources.md §1.3).
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ def split_cases(
 
     The ids are sorted first (so the result does not depend on the input order), shuffled with
     ``numpy.random.default_rng(seed)``, then ``n_test = floor(test_fraction * n)`` cases go to test and
-    ``n_val = round_half_up(val_fraction * (n - n_test))`` of the REST to validation (textdiffseg spec §1.1:
+    ``n_val = round_half_up(val_fraction * (n - n_test))`` of the REST to validation (bundles/textdiffseg/docs/sources.md §1.1:
     KiTS21 300 -> 216/24/60, Pancreas 281 -> 202/23/56, LiTS 131 -> 94/11/26, Colon 126 -> 91/10/25 with 0.1/0.2).
     A non-zero fraction always yields at least one case as long as one case stays for training.
     Each returned list is sorted.
@@ -284,7 +284,7 @@ def kfold_splits(case_ids: Sequence[str], n_folds: int) -> list[tuple[list[str],
     """Case-level K-fold partition in the given order without shuffling, as ``sklearn KFold(n_splits)`` does.
 
     Written here because scikit-learn is not a dependency. Fold ``k`` holds out a contiguous block of the list; the
-    first ``n % n_folds`` blocks have one case more (diffboost spec §1.3: ``KFold(n_splits=3)`` over dataset.json
+    first ``n % n_folds`` blocks have one case more (bundles/diffboost/docs/sources.md §1.3: ``KFold(n_splits=3)`` over dataset.json
     order).
 
     Returns:

@@ -1,7 +1,7 @@
 """Synthetic chest X-rays in LViT's QaTa-COV19 layout, with sentences that describe the generated lesions.
 
 :func:`make_qata_like` writes ``{Train,Val,Test}_Folder/{img,labelcol}`` + ``*_text.xlsx`` (or ``.csv``) as
-:mod:`common.data.converters.qata` reads them (textdiff spec §1.1, §1.3). Each image is an 8-bit grayscale
+:mod:`common.data.converters.qata` reads them (bundles/textdiff/docs/sources.md §1.1, §1.3). Each image is an 8-bit grayscale
 "radiograph": bright body, two dark lung fields, smooth noise; COVID-like opacities are brighter blurred blobs
 inside chosen lung zones, and the mask (0/255, ``mask_<name>.png``) is their union. The sentence follows LViT's
 QaTa wording: "<Unilateral|Bilateral> pulmonary infection, <n> infected area(s), <zone> <side> lung[ and ...]."

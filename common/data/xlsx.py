@@ -1,7 +1,7 @@
 """Minimal reader/writer of simple .xlsx tables (first sheet, text/number cells) with the standard library only.
 
 LViT ships its per-image text annotations as ``{Train,Val,Test}_text.xlsx`` (one sheet, header ``Image |
-Description``; textdiff spec §1.1), which the official code reads with ``pandas.read_excel`` (+ openpyxl). Neither
+Description``; bundles/textdiff/docs/sources.md §1.1), which the official code reads with ``pandas.read_excel`` (+ openpyxl). Neither
 is a dependency of this project, and an .xlsx file is a zip archive of XML parts (ECMA-376), so this module reads
 the first worksheet with :mod:`zipfile` + :mod:`xml.etree.ElementTree`: shared strings, inline strings, numbers and
 booleans; formulas give their cached value. Not supported (raise or ignored): dates as dates (read as numbers),

@@ -162,7 +162,7 @@ def _check_dims(spatial_dims: int, in_channels: int, hidden_size: int, num_heads
         raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}).")
     if norm and in_channels == 1:
         # LayerNorm over one channel maps every voxel to the same value (x - mean = 0): all queries would be equal
-        # and the attention output a constant offset -- the degenerate case of textdiffseg.md §2.4.
+        # and the attention output a constant offset -- the degenerate case of bundles/textdiffseg/docs/sources.md §2.4.
         raise ValueError("norm=True needs in_channels > 1 (LayerNorm over one channel is constant); set norm=False.")
 
 

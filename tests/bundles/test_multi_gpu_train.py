@@ -58,7 +58,8 @@ class BundleCase:
 
     @property
     def configs(self) -> str:
-        return f"['configs/{self.train_config}','configs/multi_gpu_train.json','configs/demo.json']"
+        stage = "" if self.train_config == "train.json" else f"'configs/{self.train_config}',"  # stacked on train.json
+        return f"['configs/train.json',{stage}'configs/multi_gpu_train.json','configs/demo.json']"
 
 
 CASES = [

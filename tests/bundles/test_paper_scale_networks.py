@@ -165,12 +165,13 @@ def test_diffboost_segmenter_paper_size(config: str, overlay: list[str]) -> None
 @pytest.mark.parametrize("overlay, ext, name", [("spleen.json", ".nii.gz", "spleen"),
                                                 ("prostate.json", ".nii.gz", "prostate")])
 def test_diffboost_dataset_overlays(overlay: str, ext: str, name: str) -> None:
-    for config in ("train_controlnet.json", "synthesize.json", "train.json", "inference.json"):
-        parser = _parser("diffboost", [config, overlay])
+    for configs in (["train.json", "train_controlnet.json"], ["train.json", "synthesize.json"], ["train.json"],
+                    ["inference.json"]):
+        parser = _parser("diffboost", [*configs, overlay])
         assert parser.get_parsed_content("dataset_dir").endswith(name)
     inference = _parser("diffboost", ["inference.json", overlay])
     assert inference.get_parsed_content("output_ext") == ext and inference["class_name"] == name
-    assert _parser("diffboost", ["train_controlnet.json", overlay]).get_parsed_content("controlnet_epochs") == 400
+    assert _parser("diffboost", ["train.json", "train_controlnet.json", overlay]).get_parsed_content("controlnet_epochs") == 400
 
 
 def test_diffboost_controlnet_paper_size() -> None:
@@ -185,7 +186,7 @@ def test_diffboost_controlnet_paper_size() -> None:
     with torch.device("meta"):
         unet = UNet2DConditionModel(**sd_unet_config())
     assert n_params(unet) == 859_520_964
-    controlnet = build_on_meta("diffboost", ["train_controlnet.json"], "network_def",
+    controlnet = build_on_meta("diffboost", ["train.json", "train_controlnet.json"], "network_def",
                                {"sd_parts": SimpleNamespace(unet=unet)})
     assert n_params(controlnet) == 361_279_120
     assert controlnet.config.conditioning_embedding_out_channels == (16, 32, 96, 256)

@@ -2,7 +2,7 @@
 
 A random latent ``z ~ N(0, I)`` is mapped to a style vector (``PixelNorm -> Linear -> SiLU -> n x [Linear -> SiLU]``)
 that sets the per-channel scale and shift of a non-affine GroupNorm in every residual block. DDGAN introduced this
-to make each few-step denoising distribution multimodal; cDAL uses it unchanged (cdal spec §2.4, paper §2.3 eq 3).
+to make each few-step denoising distribution multimodal; cDAL uses it unchanged (bundles/cdal/docs/sources.md §2.4, paper §2.3 eq 3).
 
 Why hand-written: MONAI's diffusion blocks hard-code an affine ``nn.GroupNorm`` (``DiffusionUNetResnetBlock``) and
 SPADE modulates by a spatial map, not by a vector; neither fits.

@@ -1,6 +1,6 @@
 """FIR up/down-sampling of 2D feature maps in pure PyTorch (StyleGAN2 ``upfirdn2d`` and the ops built on it).
 
-NCSN++ / DDGAN (and so the cDAL generator and discriminator, cdal spec §2.1 "FIR resampling kernel [1,3,3,1]")
+NCSN++ / DDGAN (and so the cDAL generator and discriminator, bundles/cdal/docs/sources.md §2.1 "FIR resampling kernel [1,3,3,1]")
 resample feature maps with a separable FIR filter through ``upfirdn2d``: upsample by zero insertion, pad, filter,
 downsample by striding. The official implementations call a CUDA extension JIT-compiled at import
 (``score_sde/op/upfirdn2d.cpp``), which does not run on CPU. This module re-implements the same operator with

@@ -1,9 +1,9 @@
 """cDAL networks: the NCSN++-AdaGN generator x_theta(x_t, t, I, z) and the time-conditioned discriminator.
 
-cdal spec §2 (generator) and §3.1 (discriminator); official code ``score_sde/models/ncsnpp_generator_adagn.py``,
+bundles/cdal/docs/sources.md §2 (generator) and §3.1 (discriminator); official code ``score_sde/models/ncsnpp_generator_adagn.py``,
 ``layerspp.py``, ``discriminator.py`` (DDGAN). Written by hand because MONAI has no equivalent: MONAI's
 ``DiffusionModelUNet`` has no latent-z path (AdaGN) and no additive image branch, and its discriminators are not
-time-conditioned (spec §9). The layer internals keep the official parameter names (``GroupNorm_0.style``,
+time-conditioned (bundles/cdal/docs/sources.md §9). The layer internals keep the official parameter names (``GroupNorm_0.style``,
 ``Conv_0``, ``Dense_0``, ``NIN_0.W``, ...) so :mod:`scripts.convert` maps the authors' checkpoints by position.
 
 FIR resampling is the pure-PyTorch :mod:`scripts.fir` (the official code needs a CUDA extension).
@@ -77,7 +77,7 @@ class NIN(nn.Module):
 
 
 class AttnBlockpp(nn.Module):
-    """Single-head self-attention over all pixels, residual ``(x + h) / sqrt(2)`` (spec §2.2; not z/t-conditioned).
+    """Single-head self-attention over all pixels, residual ``(x + h) / sqrt(2)`` (bundles/cdal/docs/sources.md §2.2; not z/t-conditioned).
 
     ``[B, C, H, W] -> [B, C, H, W]``; scaled dot-product attention with scale ``C^-1/2``.
     """
@@ -101,7 +101,7 @@ class AttnBlockpp(nn.Module):
 
 
 class ResnetBlockBigGANAdaGN(nn.Module):
-    """BigGAN-style ResBlock with adaptive GroupNorm (z) for both norms and a time bias (spec §2.4).
+    """BigGAN-style ResBlock with adaptive GroupNorm (z) for both norms and a time bias (bundles/cdal/docs/sources.md §2.4).
 
     ``AdaGN -> SiLU -> (FIR up/down) -> conv3x3 -> + Dense(SiLU(temb)) -> AdaGN -> SiLU -> dropout -> conv3x3 (~0 init)``;
     skip: (FIR up/down) -> 1x1 conv when channels change or resampling; output ``(skip + h) / sqrt(2)``.
@@ -154,7 +154,7 @@ class ResnetBlockBigGANAdaGN(nn.Module):
 
 
 class ResBlockEncoder(nn.Module):
-    """Image-encoder block (spec §2.3): ``GN -> SiLU -> conv3x3 -> GN -> SiLU -> dropout -> conv3x3 (zero init)``,
+    """Image-encoder block (bundles/cdal/docs/sources.md §2.3): ``GN -> SiLU -> conv3x3 -> GN -> SiLU -> dropout -> conv3x3 (zero init)``,
     identity skip (no rescale), no t and no z. GroupNorm uses 32 groups (fewer when ``channels < 32``, for tiny demos).
     ``[B, C, H, W] -> [B, C, H, W]``."""
 
@@ -175,7 +175,7 @@ class ResBlockEncoder(nn.Module):
 
 class ImageEncoder(nn.Module):
     """Conditioning-image encoder at full resolution: ``conv3x3(image_ch -> nf)`` then ``num_blocks`` ResBlockEncoders.
-    ``[B, image_ch, H, W] -> [B, nf, H, W]`` (added to the stem feature of ``x_t``, spec §2.3)."""
+    ``[B, image_ch, H, W] -> [B, nf, H, W]`` (added to the stem feature of ``x_t``, bundles/cdal/docs/sources.md §2.3)."""
 
     def __init__(self, image_channels: int, num_channels: int, num_blocks: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -190,7 +190,7 @@ class ImageEncoder(nn.Module):
 
 
 class CDALGenerator(nn.Module):
-    """x_theta(x_t, t, I, z): predicts the clean label x0 in [-1, 1] (cdal spec §2, paper eq 3-4).
+    """x_theta(x_t, t, I, z): predicts the clean label x0 in [-1, 1] (bundles/cdal/docs/sources.md §2, paper eq 3-4).
 
     NCSN++ U-Net ("biggan" ResBlocks with adaptive GroupNorm driven by the latent ``z`` through a mapping MLP,
     FIR [1,3,3,1] resampling, skip rescale 1/sqrt(2), residual input pyramid, self-attention at
@@ -406,7 +406,7 @@ class DownConvBlock(nn.Module):
 
 
 class CDALDiscriminator(nn.Module):
-    """Time-conditioned discriminator D(x_{t-1}, t, x_t) with a feature tap for the attention map (spec §3.1).
+    """Time-conditioned discriminator D(x_{t-1}, t, x_t) with a feature tap for the attention map (bundles/cdal/docs/sources.md §3.1).
 
     One network for all t (the paper's "one discriminator per step" is one t-conditioned network in the code).
     Input: ``concat(x_lo, x_hi)`` on channels (``2 * label_channels``); the image is never seen.
@@ -485,14 +485,14 @@ class CDALDiscriminator(nn.Module):
 
     @torch.no_grad()
     def get_features(self, x_lo: torch.Tensor, t: torch.Tensor, x_hi: torch.Tensor) -> list[torch.Tensor]:
-        """``[stem, block_1, ..., block_K]`` feature maps (no grad), spec §3.1."""
+        """``[stem, block_1, ..., block_K]`` feature maps (no grad), bundles/cdal/docs/sources.md §3.1."""
         return self._trunk(x_lo, t, x_hi)
 
 
 def discriminator_attention_map(
     discriminator: nn.Module, x_lo: torch.Tensor, t: torch.Tensor, x_hi: torch.Tensor, layer: int
 ) -> torch.Tensor:
-    """Spatial attention map A_D (paper §2.2, spec §3.2 exactly): channel mean of ``get_features(...)[layer]``,
+    """Spatial attention map A_D (paper §2.2, bundles/cdal/docs/sources.md §3.2 exactly): channel mean of ``get_features(...)[layer]``,
     bilinearly upsampled (``align_corners=False``) to the label size; no abs, no normalisation.
 
     Returns ``[B, 1, H, W]`` (same ``H, W`` as ``x_lo``).

@@ -1,6 +1,6 @@
 """Extra noise schedules registered in MONAI's ``NoiseSchedules`` store (usable by every MONAI scheduler by name).
 
-- ``"cdal_vp"``: the few-step discretisation of the VP SDE used by DDGAN and cDAL (cdal spec §2.6)::
+- ``"cdal_vp"``: the few-step discretisation of the VP SDE used by DDGAN and cDAL (bundles/cdal/docs/sources.md §2.6)::
 
       tau_i = i / T * (1 - eps) + eps,  i = 0..T           (eps = 1e-3)
       alpha_bar(tau) = exp(-0.5 tau^2 (beta_max - beta_min) - tau beta_min)

@@ -1,6 +1,6 @@
 """cDAL training iteration as a MONAI/ignite engine: discriminator step, then attention-guided generator step.
 
-Per iteration (cdal spec §3.3, §3.2, §4; paper §2.2, eq 4; official ``train_cDal_monu_and_lung.py`` steps I-III):
+Per iteration (bundles/cdal/docs/sources.md §3.3, §3.2, §4; paper §2.2, eq 4; official ``train_cDal_monu_and_lung.py`` steps I-III):
 
 1. **D step**: ``t ~ U{0..T-1}``, ``(x_lo, x_hi) = q_sample_pairs(x0, t)``; real loss ``softplus(-D(x_lo, t, x_hi))``;
    R1 ``gamma/2 * E||grad_{x_lo} D||^2`` every ``lazy_reg`` global steps (every step when ``lazy_reg`` is 0/None;
@@ -16,7 +16,7 @@ Labels: a ``{0..K-1}`` class-id mask ``[B, 1, H, W]`` becomes ``2 m - 1`` (binar
 (``[B*D, C, H, W]``), as the Hippocampus script does.
 
 Why not ``monai.engines.GanTrainer`` / ``AdversarialTrainer``: both assume an adversarial generator loss; cDAL's
-generator gets none, and the attention step sits between the two updates (spec §9).
+generator gets none, and the attention step sits between the two updates (bundles/cdal/docs/sources.md §9).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class EMAUpdater:
     """Exponential moving average of a network's parameters kept in ``ema_network`` (a copy of it).
 
     ``ema = decay * ema + (1 - decay) * param`` after each generator step; buffers are copied. DDGAN's EMA
-    optimiser wrapper does the same (decay 0.999 for Hippocampus, spec §4). The EMA network is what
+    optimiser wrapper does the same (decay 0.999 for Hippocampus, bundles/cdal/docs/sources.md §4). The EMA network is what
     ``ResumableCheckpointer(final_model_key="ema")`` exports.
     """
 

@@ -1,6 +1,6 @@
 """Edge maps for edge-conditioned generation (ControlNet hints): HED soft edges, a Sobel fallback, the label outline.
 
-DiffBoost (diffboost spec §1.2, code ``segmentation/preprocess/utils.py``) conditions its ControlNet on
+DiffBoost (bundles/diffboost/docs/sources.md §1.2, code ``segmentation/preprocess/utils.py``) conditions its ControlNet on
 
     edge = clip(HED(image) + B(label), 0, 1)
 
@@ -189,7 +189,7 @@ def sobel_edges(
 
 
 def label_outline(label: torch.Tensor, source: Any = "label") -> torch.Tensor:
-    """``B(label)``: where the label changes, from the complex 3x3 Scharr kernel (diffboost spec §1.2).
+    """``B(label)``: where the label changes, from the complex 3x3 Scharr kernel (bundles/diffboost/docs/sources.md §1.2).
 
     ``|conv2d(label, [[-3-3j, -10j, 3-3j], [-10, 0, 10], [-3+3j, 10j, 3+3j]], boundary='symm')|`` clipped to [0, 1]:
     1 on both sides of every class boundary (~2 px wide), 0 elsewhere. With a 3x3 kernel, 'symm' padding equals
@@ -260,7 +260,7 @@ def conditioning_edge_map(
     image_range: tuple[float, float] = (-1.0, 1.0),
     source: Any = "image",
 ) -> torch.Tensor:
-    """DiffBoost's ControlNet hint ``clip(edges(image) + B(label), 0, 1)`` (diffboost spec §1.2).
+    """DiffBoost's ControlNet hint ``clip(edges(image) + B(label), 0, 1)`` (bundles/diffboost/docs/sources.md §1.2).
 
     Args:
         image: ``(C, H, W)`` or ``(B, C, H, W)`` with intensities in ``image_range`` (mapped to [0, 1] for HED, as

@@ -1,9 +1,9 @@
-"""DiffBoost data transforms (diffboost spec §1.2 preprocessing, §5.2 per-sample data).
+"""DiffBoost data transforms (bundles/diffboost/docs/sources.md §1.2 preprocessing, §5.2 per-sample data).
 
 - :class:`PercentileScaled` -- per-slice percentile clip (0.5, 99.5) %, lower bound floored at -256 (meant for CT
   air), linear map to [-1, 1]: the authors' offline preprocessing, applied per image here.
 - :class:`LoadSyntheticd` -- picks one of the case's synthetic images at random (i ~ U{1..n}, fresh every call)
-  and loads it as ``image_syn`` (spec §5.2).
+  and loads it as ``image_syn`` (bundles/diffboost/docs/sources.md §5.2).
 - :class:`JointMinMaxd` -- one min/max over the stacked (real, synthetic) pair -> [-1, 1] (the authors'
   ``MinMaxNormalization`` of the 2-channel stack); with the real image only it is the baseline's min-max.
 - :func:`attach_synthetic` -- adds each training case's synthetic image files (from the synthesis manifest).

@@ -1,4 +1,4 @@
-"""Per-case 3D metrics of slice datalists (MSD spleen / prostate): the authors' evaluation unit (diffboost spec §6).
+"""Per-case 3D metrics of slice datalists (MSD spleen / prostate): the authors' evaluation unit (bundles/diffboost/docs/sources.md §6).
 
 The authors predict every positive slice of a case and evaluate the stack of those slices as ONE volume (Dice, HD95
 with the voxel spacing). :class:`VolumeEvaluation` does that from the per-slice predictions written by inference:

@@ -6,9 +6,9 @@
 1. takes the per-case report texts (``texts``; ``None`` -> ``default_text`` if set, else a clear error: text is a
    first-class input of text-guided segmentation, a missing report must not silently become some prompt);
 2. encodes them with the frozen text encoder (:class:`common.text.encoder.FrozenTextEncoder`, 10 tokens,
-   truncation, [PAD]-padded; spec §2.4);
+   truncation, [PAD]-padded; bundles/textdiff/docs/sources.md §2.4);
 3. extracts the frozen UNet features (:class:`scripts.diffusion_features.DiffusionFeatureExtractor`; fixed noise,
-   steps 50/150/250; spec §2.2), from a :class:`scripts.feature_cache.FeatureCache` when one is given and the
+   steps 50/150/250; bundles/textdiff/docs/sources.md §2.2), from a :class:`scripts.feature_cache.FeatureCache` when one is given and the
    cases have ids (features computed once per image; only valid without augmentation);
 4. runs the head. ``output="logits"`` (training): the logits of noise draw 0. ``output="probabilities"``
    (inference): the softmax averaged over ``num_samples`` noise draws (K = 1 is the paper: one deterministic
@@ -97,11 +97,18 @@ class TextGuidedFeatureInferer(SamplingInferer):
                 per_case[i] = cache.put(f"{case_ids[i]}@{draw}", [f[j] for f in fresh])
         return [torch.stack([pc[k] for pc in per_case]).to(image.device) for k in range(len(per_case[0]))]
 
-    def _context(self, image: torch.Tensor, texts: Sequence[str] | str | None, case_ids: Sequence[str] | None):
-        if not self.use_text:
-            return None
-        texts = self._texts(texts, image.shape[0], case_ids)
-        return self.text_encoder(texts, case_ids=case_ids).tokens.to(image.device)
+    def _logits(
+        self, inputs: torch.Tensor, network: nn.Module, texts: Sequence[str] | str | None,
+        case_ids: Sequence[str] | None, draws: range,
+    ) -> list[torch.Tensor]:
+        """The head's logits (B, C, S, S) for each noise draw in ``draws``; the text is encoded once."""
+        image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        case_ids = None if case_ids is None else [str(c) for c in case_ids]
+        context = None
+        if self.use_text:
+            texts = self._texts(texts, image.shape[0], case_ids)
+            context = self.text_encoder(texts, case_ids=case_ids).tokens.to(image.device)
+        return [network(self._features(image, draw, case_ids), context, image.shape[2:]) for draw in draws]
 
     def sample(  # type: ignore[override]
         self,
@@ -111,15 +118,9 @@ class TextGuidedFeatureInferer(SamplingInferer):
         case_ids: Sequence[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) -> (mean softmax (B, 2, S, S), variance of p(foreground) (B, 1, S, S)) over the K draws."""
-        image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        case_ids = None if case_ids is None else [str(c) for c in case_ids]
-        context = self._context(image, texts, case_ids)
-        probs = []
-        for draw in range(self.num_samples):
-            with torch.no_grad():
-                logits = network(self._features(image, draw, case_ids), context, image.shape[2:])
-                probs.append(torch.softmax(logits, dim=1))
-        stacked = torch.stack(probs)  # (K, B, C, S, S)
+        with torch.no_grad():
+            logits = self._logits(inputs, network, texts, case_ids, range(self.num_samples))
+        stacked = torch.softmax(torch.stack(logits), dim=2)  # (K, B, C, S, S)
         return stacked.mean(0), foreground_variance(stacked, sample_dim=0, channel_dim=2)
 
     def __call__(  # type: ignore[override]
@@ -131,7 +132,5 @@ class TextGuidedFeatureInferer(SamplingInferer):
         return_uncertainty: bool | None = None,
     ) -> torch.Tensor:
         if self.output == "logits":  # training: noise draw 0, with gradients into the head
-            image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-            case_ids = None if case_ids is None else [str(c) for c in case_ids]
-            return network(self._features(image, 0, case_ids), self._context(image, texts, case_ids), image.shape[2:])
+            return self._logits(inputs, network, texts, case_ids, range(1))[0]
         return super().__call__(inputs, network, texts=texts, case_ids=case_ids, return_uncertainty=return_uncertainty)

@@ -1,7 +1,7 @@
 """Text-guided pixel classifier over multi-scale frozen features: per-scale projections, one shared text
 cross-attention block, a conv pixel head. Default configuration = TextDiff's trainable part.
 
-Exactly the official TextDiff ``pixel_classifier`` (textdiff spec §2.3; paper §2.2 eq 3), generalised from batch 1
+Exactly the official TextDiff ``pixel_classifier`` (bundles/textdiff/docs/sources.md §2.3; paper §2.2 eq 3), generalised from batch 1
 to B; usable on any list of multi-scale feature maps (diffusion-UNet decoder features, CNN/ViT pyramids):
 
 - ``down1`` = Conv2d(C_0 -> 768, 1x1) for scale 0 and ``down2`` = Conv2d(C_1 -> 768, 1x1) shared by every later
@@ -47,7 +47,7 @@ class TextGuidedPixelClassifier(nn.Module):
         num_classes: output classes (2).
         output_size: side of the output logits (256 = the input image size).
         use_text: False gives the paper's ablation zeta_1 (no text, no cross-attention: projections -> upsample ->
-            head; spec §8 n, our reading).
+            head; bundles/textdiff/docs/sources.md §8 n, our reading).
 
     Shapes:
         ``forward(features, context)``: ``features`` list of (B, C_k, h_k, w_k), ``context`` (B, L, context_dim)

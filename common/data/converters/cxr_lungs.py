@@ -1,4 +1,4 @@
-"""Kaggle "Chest Xray Masks and Labels" (Montgomery + Shenzhen lungs) -> datalist with 0/1 masks (cdal spec §1.2).
+"""Kaggle "Chest Xray Masks and Labels" (Montgomery + Shenzhen lungs) -> datalist with 0/1 masks (bundles/cdal/docs/sources.md §1.2).
 
 Accepted source layout (``SRC`` is the folder holding ``CXR_png`` and ``masks``, e.g. ``Lung Segmentation/``)::
 

@@ -1,4 +1,4 @@
-"""MSD task folder -> 2D axial slice datalists (DiffBoost: Task09 Spleen, Task05 Prostate; diffboost spec §1.1-1.3).
+"""MSD task folder -> 2D axial slice datalists (DiffBoost: Task09 Spleen, Task05 Prostate; bundles/diffboost/docs/sources.md §1.1-1.3).
 
 Builds on the ``msd`` converter (:class:`common.data.converters.msd.MSDConverter`): the same accepted layout, layout
 checks (files, image/label shape and affine) and options (``channels``, ``binary``, ``label_mapping``,
@@ -18,15 +18,15 @@ Intensities are unchanged (the bundle applies the per-slice percentile normalisa
 ``source_case`` and ``slice_index``; the K-fold split is over cases (all slices of a case in one fold), in
 dataset.json order (sklearn ``KFold(3)`` without shuffle, as the authors).
 
-Task presets (pass as options; the spec's reading of the authors' data):
+Task presets (pass as options; our reading of the authors' data, bundles/diffboost/docs/sources.md §1.1):
 
 - Task09_Spleen: defaults (CT, labels 0/1). Text "Spleen, CT".
 - Task05_Prostate: ``channels=[0]`` (T2 of the 4D T2+ADC images), ``binary=True`` (PZ and TZ merged into 1),
-  ``label_names={"1": "prostate"}``. Text "Prostate, MRI". (INFERRED by the spec: the authors' code expects one
+  ``label_names={"1": "prostate"}``. Text "Prostate, MRI". (INFERRED, not in the authors' code: the authors' code expects one
   channel and 2 classes.)
 
 Text per slice: ``text`` option, default "<Organ>, <Modality>" from the task name and the (selected) channel names
-(CT -> "CT", MR/T1/T2/ADC/FLAIR -> "MRI"), the authors' prompt template (diffboost spec §3).
+(CT -> "CT", MR/T1/T2/ADC/FLAIR -> "MRI"), the authors' prompt template (bundles/diffboost/docs/sources.md §3).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def organ_modality_prompt(task_name: str, modality_names: list[str]) -> str:
 
 def positive_slices(label: np.ndarray, slice_size: int = 384, min_foreground: int = 20) -> list[int]:
     """Axial indices ``z`` of a ``(X, Y, Z)`` label whose slice, resized (nearest) to ``slice_size``^2, has more than
-    ``min_foreground`` non-zero pixels (the authors' positive-slice filter, diffboost spec §1.2)."""
+    ``min_foreground`` non-zero pixels (the authors' positive-slice filter, bundles/diffboost/docs/sources.md §1.2)."""
     keep = []
     for z in range(label.shape[2]):
         sl = label[:, :, z]

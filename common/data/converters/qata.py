@@ -1,6 +1,6 @@
 """QaTa-COV19 with LViT's text annotations (LViT release layout) -> RGB PNG image/mask pairs + datalist.
 
-TextDiff reads its data in LViT's layout (textdiff spec §1.1, §1.3)::
+TextDiff reads its data in LViT's layout (bundles/textdiff/docs/sources.md §1.1, §1.3)::
 
     SRC/
         Train_Folder/img/<name>.png     Train_Folder/labelcol/mask_<name>.png     Train_Folder/Train_text.xlsx

@@ -1,5 +1,5 @@
 """cDAL building blocks: FIR resampling, adaptive GroupNorm, the registered VP schedule and its coefficients
-(checked against numbers computed independently from the spec's formulas, cdal spec §2.6), the CXR converter."""
+(checked against numbers computed independently from the formulas of bundles/cdal/docs/sources.md §2.6), the CXR converter."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_adaptive_group_norm_starts_as_plain_groupnorm_and_follows_the_style():
 
 # ------------------------------------------------------------------------------------------------------ schedule
 def _spec_numbers(T: int) -> dict[str, np.ndarray]:
-    """cdal spec §2.6 formulas, in float64 numpy, independently of the implementation."""
+    """bundles/cdal/docs/sources.md §2.6 formulas, in float64 numpy, independently of the implementation."""
     eps = 1e-3
     tau = np.arange(T + 1) / T * (1 - eps) + eps
     abar = np.exp(-0.5 * tau**2 * (20.0 - 0.1) - tau * 0.1)

@@ -60,7 +60,7 @@ def make_trainer(g, d, loader, epochs: int, handlers=None, lr_g: float = 2e-3):
 @pytest.mark.parametrize(
     "cfg,params",
     [
-        ({}, 41.67),  # MoNuSeg (spec §2.1: 41.67 M, encoder 0.37 M)
+        ({}, 41.67),  # MoNuSeg (bundles/cdal/docs/sources.md §2.1: 41.67 M, encoder 0.37 M)
         (dict(num_channels=32, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=1, attn_resolutions=(16,),
               encoder_layers=3, encoder_res_blocks=2, image_channels=1), 8.84),  # CXR
         (dict(image_size=32, label_channels=3, image_channels=1, num_channels=32, channel_mult=(1, 2, 2, 2),
@@ -99,7 +99,7 @@ def test_attention_map_is_the_upsampled_channel_mean_of_the_chosen_feature_map()
     assert f.shape[-1] == 8
     expected = F.interpolate(f.mean(1, keepdim=True), size=(64, 64), mode="bilinear", align_corners=False)
     assert a.shape == (2, 1, 64, 64) and torch.equal(a, expected)
-    assert (a < 0).any() and (a > 0).any()  # raw features: no abs / sigmoid / normalisation (spec §3.2)
+    assert (a < 0).any() and (a > 0).any()  # raw features: no abs / sigmoid / normalisation (bundles/cdal/docs/sources.md §3.2)
     with pytest.raises(ValueError, match="attention layer 9 out of range"):
         discriminator_attention_map(d, x_lo, t, x_hi, layer=9)
 

@@ -1,5 +1,7 @@
-"""DiffBoost bundle end to end: validate_bundle, then one process running the demo pipeline (ControlNet fine-tune ->
-synthesis -> baseline + boosted AttentionUnet) and evaluate (baseline vs DiffBoost side by side) via monai.bundle."""
+"""DiffBoost bundle end to end: validate_bundle, then one process running the stages the demo declares
+(``demo_stages_before_train``: ControlNet fine-tune -> synthesis -> baseline AttentionUnet), the boosted
+AttentionUnet and evaluate (baseline vs DiffBoost side by side) via monai.bundle, each stage config stacked on
+``train.json``."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def test_validate_bundle_passes() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "VALID: " in proc.stdout and "[PASS] configs: train.json + demo.json" in proc.stdout
-    assert "(1, 1, 384, 384) -> (1, 2, 384, 384), 2,742,830 parameters" in proc.stdout  # spec §4: 2.74 M
+    assert "(1, 1, 384, 384) -> (1, 2, 384, 384), 2,742,830 parameters" in proc.stdout  # bundles/diffboost/docs/sources.md §4: 2.74 M
 
 
 RUN_ALL = """
@@ -41,6 +43,10 @@ import json, sys
 from monai.bundle import run
 ov = json.loads(sys.argv[1])
 meta = "configs/metadata.json"
+for stage in json.load(open("configs/demo.json"))["demo_stages_before_train"]:
+    print("=== stage", stage["name"], flush=True)
+    run(config_file=[*stage["configs"], "configs/demo.json"], meta_file=meta, logging_file="configs/logging.conf",
+        **{**ov, **stage.get("overrides", {})})
 run(config_file=["configs/train.json", "configs/demo.json"], meta_file=meta, logging_file="configs/logging.conf", **ov)
 run(config_file=["configs/inference.json", "configs/evaluate.json", "configs/demo.json"], meta_file=meta,
     logging_file="configs/logging.conf", **ov)
@@ -62,7 +68,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "strides": [2, 2],
         "max_epochs": 2,
         "mix_patch_size": 8,
-        "stage_extra_overrides": {"controlnet_epochs": 1, "synthesis_steps": 1},
+        "controlnet_epochs": 1,
+        "synthesis_steps": 1,
     }
     proc = subprocess.run(
         [sys.executable, "-c", RUN_ALL, json.dumps(overrides)],

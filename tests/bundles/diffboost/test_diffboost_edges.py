@@ -116,10 +116,10 @@ def _edge_weights_module():
 
 @pytest.mark.parametrize("stage", ["train_controlnet.json", "synthesize.json"])
 def test_paper_scale_configs_default_to_hed_and_stop_when_the_weights_are_missing(tmp_path: Path, stage: str) -> None:
-    """spec §1.2/§8: HED soft edges at paper scale; a missing file is a named error with the download source."""
+    """bundles/diffboost/docs/sources.md §1.2/§8: HED soft edges at paper scale; a missing file is a named error with the download source."""
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser(_diffboost_config(stage))
+    parser = ConfigParser(_diffboost_config("train.json", stage))  # a stage stacked on train.json
     parser["bundle_root"] = str(tmp_path)
     hed = parser.get_parsed_content("hed_weights")
     assert hed == f"{tmp_path}/models/network-bsds500.pth"
@@ -140,7 +140,7 @@ def test_paper_scale_configs_default_to_hed_and_stop_when_the_weights_are_missin
     with pytest.raises(BadInputError, match="HED weights file not found"):
         EdgeMapd(keys=("image", "label"), hed_weights=hed)
     # the demo overlay switches to the documented Sobel fallback; an existing file passes the check
-    demo = ConfigParser(_diffboost_config(stage, "demo.json"))
+    demo = ConfigParser(_diffboost_config("train.json", stage, "demo.json"))
     assert demo.get_parsed_content("hed_weights") is None and edge_weights.require_hed_weights(None) is None
     assert EdgeDetector(None).kind == "sobel"
     (tmp_path / "models").mkdir()
@@ -149,10 +149,10 @@ def test_paper_scale_configs_default_to_hed_and_stop_when_the_weights_are_missin
 
 
 def test_large_files_lists_the_hed_weights_and_controlnet_epochs_follow_the_code_for_busi() -> None:
-    """large_files.yml names the HED source; spec §2.3/§9: the code's breast schedule (1600 epochs, batch 32)."""
+    """large_files.yml names the HED source; bundles/diffboost/docs/sources.md §2.3/§9: the code's breast schedule (1600 epochs, batch 32)."""
     text = (REPO_ROOT / "bundles/diffboost/large_files.yml").read_text()
     assert 'path: "models/network-bsds500.pth"' in text
     assert 'url: "https://huggingface.co/lllyasviel/Annotators/resolve/main/network-bsds500.pth"' in text
-    cfg = _diffboost_config("train_controlnet.json")
+    cfg = _diffboost_config("train.json", "train_controlnet.json")
     assert cfg["dataset_dir"].endswith("busi") and cfg["controlnet_epochs"] == 1600
     assert cfg["controlnet_batch_size"] == 32

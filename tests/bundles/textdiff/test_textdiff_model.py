@@ -1,5 +1,5 @@
 """TextDiff's model parts: the trainable head (exact parameter count), the frozen diffusion feature extractor,
-the loss, the feature cache and the text-guided inferer (textdiff spec §2-§4)."""
+the loss, the feature cache and the text-guided inferer (bundles/textdiff/docs/sources.md §2-§4)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class FakeTextEncoder(torch.nn.Module):
 
 
 def test_head_parameter_count_matches_the_paper():
-    """MoNuSeg config: 9,683,234 trainable parameters (paper: 9.68 M); QaTa config 10,862,882 (spec §2.3)."""
+    """MoNuSeg config: 9,683,234 trainable parameters (paper: 9.68 M); QaTa config 10,862,882 (bundles/textdiff/docs/sources.md §2.3)."""
     head = TextGuidedPixelClassifier(feature_channels=(1536, 1536, 768, 768))
     assert sum(p.numel() for p in head.parameters() if p.requires_grad) == 9_683_234
     assert sum(p.numel() for p in head.cross1.parameters()) == 3_745_536
@@ -107,7 +107,7 @@ def test_feature_extractor_shapes_noise_and_hooks(extractor):
             h.remove()
     by_block = [torch.cat(grabbed[k::4], dim=1) for k in range(4)]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(feats, by_block))
-    # DDPM linear schedule coefficients of the spec (§2.2)
+    # DDPM linear schedule coefficients (bundles/textdiff/docs/sources.md §2.2)
     ab = extractor.scheduler.alphas_cumprod
     assert [round(float(ab[t].sqrt()), 5) for t in (50, 150, 250)] == [0.98486, 0.8865, 0.7221]
     assert not any(p.requires_grad for p in unet.parameters())
@@ -120,7 +120,7 @@ def test_feature_extractor_shapes_noise_and_hooks(extractor):
 
 
 def test_loss_is_ce_plus_1p5_dice_on_raw_logits():
-    """train.json's DiceCELoss config equals the official CE + 1.5 * DiceLoss(softmax=False) (spec §4)."""
+    """train.json's DiceCELoss config equals the official CE + 1.5 * DiceLoss(softmax=False) (bundles/textdiff/docs/sources.md §4)."""
     from monai.losses import DiceCELoss
 
     loss = DiceCELoss(include_background=True, to_onehot_y=True, softmax=False, squared_pred=True, smooth_nr=1e-5,

@@ -1,4 +1,4 @@
-"""QaTa-COV19 / LViT-layout converter, the stdlib .xlsx reader, and synthetic QaTa-layout data (textdiff spec §1)."""
+"""QaTa-COV19 / LViT-layout converter, the stdlib .xlsx reader, and synthetic QaTa-layout data (bundles/textdiff/docs/sources.md §1)."""
 
 from __future__ import annotations
 

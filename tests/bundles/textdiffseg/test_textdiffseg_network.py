@@ -50,7 +50,7 @@ def test_full_config_maps_a_96_cube_window():
     torch.manual_seed(0)
     net = _parser().get_parsed_content("network_def").eval()
     n_params = sum(p.numel() for p in net.parameters())
-    assert 4.5e6 < n_params < 5.0e6  # spec §7: ~4.7 M trainable (N = 3)
+    assert 4.5e6 < n_params < 5.0e6  # bundles/textdiffseg/docs/sources.md §7: ~4.7 M trainable (N = 3)
     assert net.downsample_factor == 8 and net.num_classes == 3
     x = torch.rand(1, 1, 96, 96, 96)
     ctx, mask = torch.randn(1, 9, 768), torch.ones(1, 9, dtype=torch.bool)

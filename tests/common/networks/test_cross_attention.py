@@ -44,9 +44,9 @@ def test_output_shape_2d_3d(spatial):
 
 
 def test_textdiffseg_one_channel_latent():
-    """textdiffseg.md §2.5: 1-channel 12^3 latent, 64 wide, 4 heads, 768-d text, residual."""
+    """bundles/textdiffseg/docs/sources.md §2.5: 1-channel 12^3 latent, 64 wide, 4 heads, 768-d text, residual."""
     fuse = TextCrossAttention(3, in_channels=1, context_dim=768, hidden_size=64, num_heads=4, norm=False)
-    assert sum(p.numel() for p in fuse.parameters()) == 98_433  # spec: 0.098 M
+    assert sum(p.numel() for p in fuse.parameters()) == 98_433  # bundles/textdiffseg/docs/sources.md §2.5: 0.098 M
     z = torch.randn(2, 1, 12, 12, 12)
     text = torch.randn(2, 5, 768)
     assert fuse(z, text).shape == (2, 1, 12, 12, 12)
@@ -55,7 +55,7 @@ def test_textdiffseg_one_channel_latent():
 
 
 def test_textdiff_block_parameter_count():
-    """textdiff.md §2.3: cross1 = 2 cross-attns (8 x 64) with post-LN, GELU->Linear FF: 3,745,536 parameters."""
+    """bundles/textdiff/docs/sources.md §2.3: cross1 = 2 cross-attns (8 x 64) with post-LN, GELU->Linear FF: 3,745,536 parameters."""
     block = TextConditionedTransformerBlock(
         2, 768, 768, hidden_size=512, num_heads=8, num_cross_attention=2, feed_forward="gelu_linear", out_norm=True
     )

@@ -2,7 +2,7 @@
 checkpoint converter of tools/convert_checkpoint.py.
 
 The official key names/shapes and the reference forward below are written independently of the module under test,
-following guided-diffusion's ``UNetModel.__init__``/``forward`` (textdiff spec §2.1, §9).
+following guided-diffusion's ``UNetModel.__init__``/``forward`` (bundles/textdiff/docs/sources.md §2.1, §9).
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def test_full_adm_matches_the_official_checkpoint_layout():
     for k, v in unet.state_dict().items():
         assert converted[k].shape == v.shape, k
     assert sum(isinstance(m, ScaleShiftResnetBlock) for m in unet.modules()) == 42
-    # hook points and shapes of output_blocks (spec §2.1 table, §9)
+    # hook points and shapes of output_blocks (bundles/textdiff/docs/sources.md §2.1 table, §9)
     names = {id(m): n for n, m in unet.named_modules()}
     expected = {4: "up_blocks.1.attentions.1", 6: "up_blocks.2.attentions.0", 8: "up_blocks.2.upsampler",
                 12: "up_blocks.4.resnets.0", 16: "up_blocks.5.resnets.1"}

@@ -34,7 +34,7 @@ def test_shapes_and_default_spec_geometry():
     assert z.shape == (2, 1, 8, 8, 8)
     assert ae.decode(z).shape == (2, 3, 16, 16, 16)
     assert ae.latent_shape((16, 24, 32)) == (1, 8, 12, 16)
-    spec = LabelAutoencoder(3, num_classes=3)  # textdiffseg.md §2.2: 96^3 -> 1 x 12^3
+    spec = LabelAutoencoder(3, num_classes=3)  # bundles/textdiffseg/docs/sources.md §2.2: 96^3 -> 1 x 12^3
     assert spec.downsample_factor == 8 and spec.latent_shape((96, 96, 96)) == (1, 12, 12, 12)
 
 

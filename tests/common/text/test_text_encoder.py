@@ -57,7 +57,7 @@ def test_longest_padding_shapes_mask_and_values(tiny_bert_dir):
 
 
 def test_max_length_padding_matches_textdiff_tokenizer_call(tiny_bert_dir):
-    """textdiff.md §2.4: padding='max_length', truncation=True, max_length=10, last_hidden_state incl. [PAD]."""
+    """bundles/textdiff/docs/sources.md §2.4: padding='max_length', truncation=True, max_length=10, last_hidden_state incl. [PAD]."""
     enc = FrozenTextEncoder(tiny_bert_dir, max_length=10, truncation=True, padding="max_length")
     out = enc([LONG, SHORT])
     assert out.tokens.shape == (2, 10, 32) and enc.max_length == 10
