@@ -39,8 +39,16 @@ from scripts.schedule import CDALSchedule  # noqa: E402
 
 PRESETS = {
     "paper": {},  # MoNuSeg: nf 64, ch_mult 1,1,1,2,2,4,4, 2 res blocks, attention 16/8, encoder 5x1, nz 100
-    "demo": dict(num_channels=16, channel_mult=(1, 2, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
-                 encoder_layers=1, encoder_res_blocks=1, nz=16, z_emb_dim=32),
+    "demo": dict(
+        num_channels=16,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=1,
+        attn_resolutions=(8,),
+        encoder_layers=1,
+        encoder_res_blocks=1,
+        nz=16,
+        z_emb_dim=32,
+    ),
 }
 
 
@@ -82,24 +90,40 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     net = CDALGenerator(image_size=args.size, **PRESETS[args.preset]).to(device).eval()
     image = torch.randn(1, 3, args.size, args.size, device=device)
-    result = {"preset": args.preset, "size": args.size, "samples": args.samples, "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "threads": torch.get_num_threads(), "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6}
+    result = {
+        "preset": args.preset,
+        "size": args.size,
+        "samples": args.samples,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6,
+    }
     for name, steps in (("cdal", args.cdal_steps), ("ddpm", args.ddpm_steps)):
         schedule = CDALSchedule(steps)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         gen = torch.Generator(device=device).manual_seed(0)
-        times = _time(lambda: sample_label_maps(net, schedule, image, args.samples, gen), args.repeats, device,
-                      warmup=not (name == "ddpm" and args.no_warmup_ddpm))
+        times = _time(
+            lambda: sample_label_maps(net, schedule, image, args.samples, gen),
+            args.repeats,
+            device,
+            warmup=not (name == "ddpm" and args.no_warmup_ddpm),
+        )
         result[f"{name}_steps"] = steps
         result[f"{name}_s_per_image"] = statistics.median(times)
         result[f"{name}_peak_mb"] = _peak_mb(device)
-        print(f"{name:5s} T={steps:3d}: {statistics.median(times):.3f} s/image (runs {[round(t, 3) for t in times]}), "
-              f"peak {result[f'{name}_peak_mb']:.0f} MB", flush=True)
+        print(
+            f"{name:5s} T={steps:3d}: {statistics.median(times):.3f} s/image (runs {[round(t, 3) for t in times]}), "
+            f"peak {result[f'{name}_peak_mb']:.0f} MB",
+            flush=True,
+        )
     result["speedup"] = result["ddpm_s_per_image"] / result["cdal_s_per_image"]
-    print(f"speed-up cDAL vs DDPM-{args.ddpm_steps}: {result['speedup']:.1f}x ({result['parameters_m']:.2f} M parameters, "
-          f"{args.size}px, {result['device_name']}, {result['threads']} threads)")
+    print(
+        f"speed-up cDAL vs DDPM-{args.ddpm_steps}: {result['speedup']:.1f}x ({result['parameters_m']:.2f} M "
+        "parameters, "
+        f"{args.size}px, {result['device_name']}, {result['threads']} threads)"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

@@ -43,8 +43,7 @@ SWEEPS: dict[str, tuple[str, list, list[str], list[str]]] = {
     "textdiff": ("monuseg", [256, 512, 1000], [], ["adm", "bert"]),
     "cdal": ("monuseg", [256, 512, 1000], [], []),
     "diffboost": ("busi", [(256, 256), (512, 512), (1000, 1000)], [], []),
-    "textdiffseg": ("lits_1.5mm", [(128, 128, 128), (256, 256, 256), (512, 512, 200)], ["configs/lits.json"],
-                    ["bert"]),
+    "textdiffseg": ("lits_1.5mm", [(128, 128, 128), (256, 256, 256), (512, 512, 200)], ["configs/lits.json"], ["bert"]),
 }
 
 
@@ -63,11 +62,15 @@ def sweep_chains(bundles: list[str], steps_cap: int) -> list[psc.Chain]:
             label = "x".join(str(s) for s in (size if isinstance(size, tuple) else (size, size)))
             caps = {"num_inference_steps": steps_cap} if bundle == "textdiffseg" else {}
             configs = ["configs/inference.json", *overlay]
-            chains.append(psc.Chain(
-                bundle, f"{dataset}@{label}",
-                {"name": dataset, "n_train": 1, "n_test": 1, "size": size}, parts,
-                [psc.Stage("init_weights", configs), psc.Stage("inference", configs, caps=caps)],
-            ))
+            chains.append(
+                psc.Chain(
+                    bundle,
+                    f"{dataset}@{label}",
+                    {"name": dataset, "n_train": 1, "n_test": 1, "size": size},
+                    parts,
+                    [psc.Stage("init_weights", configs), psc.Stage("inference", configs, caps=caps)],
+                )
+            )
     return chains
 
 
@@ -102,8 +105,9 @@ def plot(records: list[psc.Record], out: Path) -> list[Path]:
         ax2.set_ylim(bottom=0)
         ax1.set_ylim(bottom=0)
         for xi, r in zip(x, rows, strict=True):
-            ax1.annotate(r.dataset.split("@")[1], (xi, r.seconds_per_case), textcoords="offset points",
-                         xytext=(4, 6), fontsize=8)
+            ax1.annotate(
+                r.dataset.split("@")[1], (xi, r.seconds_per_case), textcoords="offset points", xytext=(4, 6), fontsize=8
+            )
         ax1.set_title(f"{bundle}: paper-scale inference on CPU vs input size")
         fig.tight_layout()
         path = out / f"input_size_{bundle}.png"
@@ -132,8 +136,10 @@ def update_cards(records: list[psc.Record], plots: list[Path], when: str) -> Non
 
 def table(records: list[psc.Record]) -> str:
     """The inference records as a Markdown table (TextDiffSeg rows name their number of windows)."""
-    rows = ["| bundle | input | s/case | peak RSS MB | GFLOP/case | peak fraction | notes |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| bundle | input | s/case | peak RSS MB | GFLOP/case | peak fraction | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         if r.stage != "inference":
             continue

@@ -28,9 +28,9 @@ PLACES = ["upper", "middle", "lower"]
 
 
 def make_reports(cases: int, distinct: int, seed: int = 0) -> list[str]:
-    pool = [
-        f"{n} infected areas in the {p} {s} lung." for n in ("One", "Two", "Three") for p in PLACES for s in SIDES
-    ][:distinct]
+    pool = [f"{n} infected areas in the {p} {s} lung." for n in ("One", "Two", "Three") for p in PLACES for s in SIDES][
+        :distinct
+    ]
     rng = random.Random(seed)
     return [rng.choice(pool) for _ in range(cases)]
 

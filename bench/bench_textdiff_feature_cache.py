@@ -43,18 +43,35 @@ with bundle_scripts("textdiff"):
 
 SCALES = {
     "demo": dict(
-        unet=dict(image_size=64, model_channels=32, channel_mult=(1, 1, 2), num_res_blocks=1,
-                  attention_resolutions=(16,), num_head_channels=32),
-        blocks=(1, 2, 3, 5), size=64, context_dim=384,
-        head=dict(proj_dim=64, attention_dim=64, num_heads=4, decoder_channels=(32, 16)), batch=2,
+        unet=dict(
+            image_size=64,
+            model_channels=32,
+            channel_mult=(1, 1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(16,),
+            num_head_channels=32,
+        ),
+        blocks=(1, 2, 3, 5),
+        size=64,
+        context_dim=384,
+        head=dict(proj_dim=64, attention_dim=64, num_heads=4, decoder_channels=(32, 16)),
+        batch=2,
     ),
     "adm64": dict(  # the full ADM-256 architecture and the paper's head, run at 64 px (CPU-feasible)
-        unet=dict(ADM_256_UNCOND), blocks=(6, 8, 12, 16), size=64, context_dim=768,
-        head=dict(proj_dim=768, attention_dim=512, num_heads=8, decoder_channels=(128, 32)), batch=1,
+        unet=dict(ADM_256_UNCOND),
+        blocks=(6, 8, 12, 16),
+        size=64,
+        context_dim=768,
+        head=dict(proj_dim=768, attention_dim=512, num_heads=8, decoder_channels=(128, 32)),
+        batch=1,
     ),
     "paper": dict(
-        unet=dict(ADM_256_UNCOND), blocks=(6, 8, 12, 16), size=256, context_dim=768,
-        head=dict(proj_dim=768, attention_dim=512, num_heads=8, decoder_channels=(128, 32)), batch=1,
+        unet=dict(ADM_256_UNCOND),
+        blocks=(6, 8, 12, 16),
+        size=256,
+        context_dim=768,
+        head=dict(proj_dim=768, attention_dim=512, num_heads=8, decoder_channels=(128, 32)),
+        batch=1,
     ),
 }
 
@@ -126,10 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     # the first epoch includes warm-up (allocations, page cache): report the median of the rest when available
     pick = (lambda xs: sorted(xs[1:])[len(xs[1:]) // 2]) if args.epochs > 1 else (lambda xs: xs[0])
     result = {
-        "scale": args.scale, "device": str(device), "n_images": args.n_images, "batch": batch, "epochs": args.epochs,
-        "rerun_s_per_epoch": round(pick(rerun), 4), "cache_s_per_epoch": round(pick(cached), 4),
-        "ratio": round(pick(rerun) / pick(cached), 2), "cache_fill_s": round(fill, 3),
-        "cache_disk_mb": round(disk_mb, 1), "torch_threads": torch.get_num_threads(),
+        "scale": args.scale,
+        "device": str(device),
+        "n_images": args.n_images,
+        "batch": batch,
+        "epochs": args.epochs,
+        "rerun_s_per_epoch": round(pick(rerun), 4),
+        "cache_s_per_epoch": round(pick(cached), 4),
+        "ratio": round(pick(rerun) / pick(cached), 2),
+        "cache_fill_s": round(fill, 3),
+        "cache_disk_mb": round(disk_mb, 1),
+        "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(result))
     return 0

@@ -58,9 +58,16 @@ def build_network(device: torch.device):
 def voxel_unet(n_classes: int, denoiser: DiffusionModelUNet, flash: bool = False) -> DiffusionModelUNet:
     """The latent denoiser's architecture on (N + 1) voxel channels -> N (``flash``: SDPA attention, for timing)."""
     return DiffusionModelUNet(
-        spatial_dims=3, in_channels=n_classes + 1, out_channels=n_classes, num_res_blocks=2, channels=(16, 32, 64),
-        attention_levels=(False, True, True), norm_num_groups=4, num_head_channels=(16, 32, 64),
-        with_conditioning=False, use_flash_attention=flash,
+        spatial_dims=3,
+        in_channels=n_classes + 1,
+        out_channels=n_classes,
+        num_res_blocks=2,
+        channels=(16, 32, 64),
+        attention_levels=(False, True, True),
+        norm_num_groups=4,
+        num_head_channels=(16, 32, 64),
+        with_conditioning=False,
+        use_flash_attention=flash,
     )
 
 
@@ -102,16 +109,25 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     net, parser = build_network(device)
     n_classes = net.num_classes
-    res: dict = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "machine": platform.processor() or platform.machine(), "num_classes": n_classes}
+    res: dict = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "num_classes": n_classes,
+    }
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name(device)
 
     window = torch.rand(1, 1, 96, 96, 96, device=device)
     ctx = torch.randn(1, 12, net.fusion.context_dim, device=device)
     mask = torch.ones(1, 12, dtype=torch.bool, device=device)
-    ddim = DDIMSlidingWindowInferer(96, scheduler=DDIMScheduler(1000, schedule="cosine", clip_sample=False),
-                                    num_inference_steps=10, standardise_latent=True)
+    ddim = DDIMSlidingWindowInferer(
+        96,
+        scheduler=DDIMScheduler(1000, schedule="cosine", clip_sample=False),
+        num_inference_steps=10,
+        standardise_latent=True,
+    )
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     # 3. (run first: CPU peak RSS only grows) peak memory of one 96^3 window (DDIM-10, whole pipeline)
     with torch.no_grad():
@@ -154,12 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     # 2. sampling: DDIM-10 vs DDPM-1000, chain only and whole window
     with torch.no_grad():
         cond = net.condition(window, ctx, mask)
-    ddpm = DDIMSlidingWindowInferer(96, scheduler=DDPMScheduler(1000, schedule="cosine", clip_sample=False),
-                                    num_inference_steps=args.ddpm_steps, standardise_latent=True)
+    ddpm = DDIMSlidingWindowInferer(
+        96,
+        scheduler=DDPMScheduler(1000, schedule="cosine", clip_sample=False),
+        num_inference_steps=args.ddpm_steps,
+        standardise_latent=True,
+    )
     with torch.no_grad():
-        res["ddim10_chain_s"] = timeit(lambda: ddim.sample_latents(net, cond, 1, (96, 96, 96), device), device, repeat=3)
-        res["ddpm_chain_s"] = timeit(lambda: ddpm.sample_latents(net, cond, 1, (96, 96, 96), device), device,
-                                     repeat=1, warmup=0)
+        res["ddim10_chain_s"] = timeit(
+            lambda: ddim.sample_latents(net, cond, 1, (96, 96, 96), device), device, repeat=3
+        )
+        res["ddpm_chain_s"] = timeit(
+            lambda: ddpm.sample_latents(net, cond, 1, (96, 96, 96), device), device, repeat=1, warmup=0
+        )
         res["ddpm_steps"] = args.ddpm_steps
         if args.ddpm_steps != 1000:
             res["ddpm_chain_s"] *= 1000 / args.ddpm_steps
@@ -180,15 +203,20 @@ def main(argv: list[str] | None = None) -> int:
         ("denoiser time / forward: voxel (" + res["voxel_unet_timing"] + ")", f"{res['voxel_unet_s']:.2f} s"),
         ("time ratio voxel / latent", f"{res['time_ratio_voxel_over_latent']:.0f}x"),
         ("latent chain DDIM-10", f"{res['ddim10_chain_s']:.3f} s"),
-        ("latent chain DDPM-1000" + (f" ({res['ddpm_note']})" if 'ddpm_note' in res else ""), f"{res['ddpm_chain_s']:.2f} s"),
+        (
+            "latent chain DDPM-1000" + (f" ({res['ddpm_note']})" if "ddpm_note" in res else ""),
+            f"{res['ddpm_chain_s']:.2f} s",
+        ),
         ("chain ratio DDPM-1000 / DDIM-10", f"{res['chain_ratio_ddpm1000_over_ddim10']:.0f}x"),
         ("whole 96^3 window DDIM-10 (encoder + chain + decoder)", f"{res['ddim10_window_s']:.2f} s"),
         ("whole 96^3 window DDPM-1000", f"{res['ddpm1000_window_s']:.2f} s"),
         ("window ratio DDPM-1000 / DDIM-10", f"{res['window_ratio_ddpm1000_over_ddim10']:.1f}x"),
         ("peak memory, one 96^3 window (" + res["peak_memory_kind"] + ")", f"{res['peak_memory_mb']:.0f} MB"),
     ]
-    print(f"device: {res.get('gpu', res['device'])}, torch {res['torch']}, {res['threads']} threads, "
-          f"{res['parameters_m']:.2f} M parameters\n")
+    print(
+        f"device: {res.get('gpu', res['device'])}, torch {res['torch']}, {res['threads']} threads, "
+        f"{res['parameters_m']:.2f} M parameters\n"
+    )
     print("| measure | value |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")

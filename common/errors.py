@@ -59,4 +59,3 @@ def short_message(err: BaseException, limit: int = 300) -> str:
     text = " ".join(str(err).split())
     text = text if len(text) <= limit else text[: limit - 3] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-

@@ -323,7 +323,8 @@ def adm_standin_config() -> dict[str, Any]:
 
 
 def monai_to_adm_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`common.networks.guided_diffusion.convert_adm_state_dict`: MONAI ``DiffusionModelUNet`` weights
+    """The inverse of :func:`common.networks.guided_diffusion.convert_adm_state_dict`: MONAI ``DiffusionModelUNet``
+    weights
     (built by ``adm_unet``) -> an official guided-diffusion state dict, in ADM's key order.
 
     ``to_q``/``to_k``/``to_v`` (C, C) are fused head by head (legacy order) into ``qkv`` (3C, C, 1) (biases (3C,));
@@ -373,13 +374,15 @@ def write_adm_standin(
     (``time_embed.0.weight``, ``input_blocks.0.0.weight``, ..., ``output_blocks.17.*``, ``out.2.weight``), as the
     released checkpoint (https://github.com/openai/guided-diffusion README, 256x256 unconditional).
 
-    Built by ``common.networks.guided_diffusion.adm_unet(**config, init_seed=seed, random_residuals=True)`` (the zero-initialised
+    Built by ``common.networks.guided_diffusion.adm_unet(**config, init_seed=seed, random_residuals=True)`` (the
+    zero-initialised
     output layers get small random weights, as a trained checkpoint has none that are zero) and renamed with
     :func:`monai_to_adm_state_dict`. Full size (``config=None`` = :func:`adm_standin_config`): 566 tensors,
     552,814,086 parameters, ~2.2 GB; the counts are asserted.
 
     Verification: the file re-loads with the same keys and values, and
-    ``common.networks.guided_diffusion.load_adm_weights(fresh_unet, path)`` loads it strictly into a fresh UNet whose weights
+    ``common.networks.guided_diffusion.load_adm_weights(fresh_unet, path)`` loads it strictly into a fresh UNet whose
+    weights
     then equal the written ones. The marker is written last. Returns the file path.
     """
     import torch
@@ -412,7 +415,10 @@ def write_adm_standin(
     del unet
     gc.collect()
     write_standin_marker(
-        folder, "adm", seed, [filename],
+        folder,
+        "adm",
+        seed,
+        [filename],
         [f"tensors: {n_tensors}", f"parameters: {n_params}", f"flags: {json.dumps(_jsonable(flags))}"],
     )
     return path
@@ -484,8 +490,31 @@ STANDIN_WORDS: tuple[str, ...] = tuple(
 LViT MoNuSeg/QaTa sentences, TextDiffSeg's CT prompts, DiffBoost's prompt/augmentation/negative texts)."""
 
 _ACRONYMS: tuple[str, ...] = (
-    "CT", "MRI", "MR", "PET", "SPECT", "DWI", "ADC", "FLAIR", "COVID", "MSD", "KiTS", "LiTS", "BUSI", "CXR", "HE",
-    "H&E", "TCGA", "US", "X", "T1", "T2", "3D", "2D", "mm", "cm",
+    "CT",
+    "MRI",
+    "MR",
+    "PET",
+    "SPECT",
+    "DWI",
+    "ADC",
+    "FLAIR",
+    "COVID",
+    "MSD",
+    "KiTS",
+    "LiTS",
+    "BUSI",
+    "CXR",
+    "HE",
+    "H&E",
+    "TCGA",
+    "US",
+    "X",
+    "T1",
+    "T2",
+    "3D",
+    "2D",
+    "mm",
+    "cm",
 )
 
 
@@ -536,12 +565,16 @@ def bert_standin_vocab(size: int = BERT_VOCAB_SIZE, words: Sequence[str] = STAND
         entries += [w, w[:1].upper() + w[1:]]
     entries += list(_ACRONYMS)
     entries += ["##" + c for c in chars]
-    entries += ["##" + s for s in (
-        "s es ed ing ly er ers est ion ions tion tions sion al ally ic ical ous ness ment ments ity ities ive able "
-        "ible "
-        "ful less ism ist ists ize ized ise ised ation ations ia ic ics oma omas itis osis ectomy ogram ography ology "
-        "ologist scopy al ar ary ory ent ence ance ant y ies"
-    ).split()]
+    entries += [
+        "##" + s
+        for s in (
+            "s es ed ing ly er ers est ion ions tion tions sion al ally ic ical ous ness ment ments ity ities ive able "
+            "ible "
+            "ful less ism ist ists ize ized ise ised ation ations ia ic ics oma omas itis osis ectomy ogram ography "
+            "ology "
+            "ologist scopy al ar ary ory ent ence ance ant y ies"
+        ).split()
+    ]
     bigrams = [a + b for a in letters for b in letters]
     trigrams = [a + b + c for a in letters for b in letters for c in letters]
     entries += ["##" + b for b in bigrams] + bigrams + [b[:1].upper() + b[1:] for b in bigrams]
@@ -892,13 +925,24 @@ def write_sd_standin(
     folder.mkdir(parents=True, exist_ok=True)
     _invalidate(folder)
     components: list[tuple[str, Any, Callable[[], Any], int | None]] = [
-        ("unet", UNet2DConditionModel, lambda: UNet2DConditionModel(**(unet_config or sd_unet_config())),
-         SD_UNET_PARAMS if unet_config is None else None),
-        ("vae", AutoencoderKL, lambda: AutoencoderKL(**(vae_config or sd_vae_config())),
-         SD_VAE_PARAMS if vae_config is None else None),
-        ("text_encoder", CLIPTextModel,
-         lambda: CLIPTextModel(CLIPTextConfig(**(text_encoder_config or sd_text_encoder_config()))),
-         SD_TEXT_ENCODER_PARAMS if text_encoder_config is None else None),
+        (
+            "unet",
+            UNet2DConditionModel,
+            lambda: UNet2DConditionModel(**(unet_config or sd_unet_config())),
+            SD_UNET_PARAMS if unet_config is None else None,
+        ),
+        (
+            "vae",
+            AutoencoderKL,
+            lambda: AutoencoderKL(**(vae_config or sd_vae_config())),
+            SD_VAE_PARAMS if vae_config is None else None,
+        ),
+        (
+            "text_encoder",
+            CLIPTextModel,
+            lambda: CLIPTextModel(CLIPTextConfig(**(text_encoder_config or sd_text_encoder_config()))),
+            SD_TEXT_ENCODER_PARAMS if text_encoder_config is None else None,
+        ),
     ]
     counts: dict[str, int] = {}
     for offset, (name, cls, build, expected) in enumerate(components):
@@ -941,10 +985,16 @@ def write_sd_standin(
             counts["controlnet"] = _numel(controlnet.parameters())
             del parts, controlnet
         gc.collect()
-        _say(log, f"  sd: load_sd_parts + make_controlnet ({counts['controlnet']:,} ControlNet parameters) "
-                  f"{time.perf_counter() - t0:.1f} s")
+        _say(
+            log,
+            f"  sd: load_sd_parts + make_controlnet ({counts['controlnet']:,} ControlNet parameters) "
+            f"{time.perf_counter() - t0:.1f} s",
+        )
     write_standin_marker(
-        folder, "sd", seed, ["model_index.json", *(n for n, *_ in components), "tokenizer", "scheduler"],
+        folder,
+        "sd",
+        seed,
+        ["model_index.json", *(n for n, *_ in components), "tokenizer", "scheduler"],
         [f"parameters {name}: {n}" for name, n in counts.items() if name != "controlnet"]
         + ["model_index.json: feature_extractor and safety_checker omitted (optional components)"],
     )
@@ -961,7 +1011,7 @@ def hed_standin_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 
     with _seeded(seed):
         net = HEDNetwork()
-    return {"module" + k[len("net"):]: v for k, v in net.state_dict().items()}
+    return {"module" + k[len("net") :]: v for k, v in net.state_dict().items()}
 
 
 def write_hed_standin(
@@ -989,15 +1039,26 @@ def write_hed_standin(
     if verify:
         net = HEDNetwork.from_file(path)
         got = net.state_dict()
-        _check(all(torch.equal(got["net" + k[len("module"):]], v) for k, v in state.items()), "HED round trip differs")
+        _check(all(torch.equal(got["net" + k[len("module") :]], v) for k, v in state.items()), "HED round trip differs")
     write_standin_marker(folder, "hed", seed, [filename], [f"tensors: {len(state)}", f"parameters: {n_params}"])
     return path
 
 
 # ---------------------------------------------------------------------------------------------------------- cDAL
 _CDAL_NETWORK_KEYS = (
-    "image_size", "label_channels", "image_channels", "num_channels", "channel_mult", "num_res_blocks",
-    "attn_resolutions", "dropout", "encoder_layers", "encoder_res_blocks", "nz", "z_emb_dim", "n_mlp",
+    "image_size",
+    "label_channels",
+    "image_channels",
+    "num_channels",
+    "channel_mult",
+    "num_res_blocks",
+    "attn_resolutions",
+    "dropout",
+    "encoder_layers",
+    "encoder_res_blocks",
+    "nz",
+    "z_emb_dim",
+    "n_mlp",
 )
 
 
@@ -1072,16 +1133,30 @@ def write_cdal_standin(
     if verify and check_converter_cli:
         with tempfile.TemporaryDirectory() as tmp:
             dst = Path(tmp) / "model.pt"
-            cmd = [sys.executable, str(REPO_ROOT / "tools" / "convert_checkpoint.py"), "cdal", "--src", str(path),
-                   "--dst", str(dst)] + (["--override", *map(str, overrides)] if overrides else [])
+            cmd = [
+                sys.executable,
+                str(REPO_ROOT / "tools" / "convert_checkpoint.py"),
+                "cdal",
+                "--src",
+                str(path),
+                "--dst",
+                str(dst),
+            ] + (["--override", *map(str, overrides)] if overrides else [])
             r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
             _check(r.returncode == 0 and dst.is_file(), f"{' '.join(cmd)} failed: {r.stderr[-2000:]}")
             converted = torch.load(dst, map_location="cpu", weights_only=True)["model"]
             _check(_numel(converted.values()) == n_params, "converted checkpoint parameter count differs")
     write_standin_marker(
-        folder, "cdal", seed, [filename],
-        [f"tensors: {len(state)}", f"parameters: {n_params}", f"network: {json.dumps(cfg)}",
-         f"overrides: {[str(o) for o in overrides]}"],
+        folder,
+        "cdal",
+        seed,
+        [filename],
+        [
+            f"tensors: {len(state)}",
+            f"parameters: {n_params}",
+            f"network: {json.dumps(cfg)}",
+            f"overrides: {[str(o) for o in overrides]}",
+        ],
     )
     return path
 
@@ -1107,7 +1182,6 @@ def standin_path(out: str | PathLike, part: str) -> Path:
 def standin_overrides(out: str | PathLike, parts: Iterable[str] = tuple(STANDIN_CONFIG_KEYS)) -> dict[str, str]:
     """``{config key: stand-in path}`` for ``parts``: the overrides that point a shipped config at the stand-ins."""
     return {STANDIN_CONFIG_KEYS[p]: str(standin_path(out, p)) for p in parts if p in STANDIN_CONFIG_KEYS}
-
 
 
 def make_standins(

@@ -67,21 +67,28 @@ def demo_datalists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 #: opt-in marker -> (command-line flag, environment variable, why it is opt-in)
 OPT_IN = {
     "monailabel": ("--run-monailabel", "RUN_MONAILABEL", "starts a real MONAI Label server"),
-    "paper_scale": ("--run-paper-scale", "RUN_PAPER_SCALE",
-                    "runs every shipped paper-scale config at the papers' sizes on CPU (hours; ~8 GB of stand-ins)"),
+    "paper_scale": (
+        "--run-paper-scale",
+        "RUN_PAPER_SCALE",
+        "runs every shipped paper-scale config at the papers' sizes on CPU (hours; ~8 GB of stand-ins)",
+    ),
 }
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--run-monailabel", action="store_true", default=False,
+        "--run-monailabel",
+        action="store_true",
+        default=False,
         help="also run the tests marked `monailabel`: a real MONAI Label server on 127.0.0.1 serving every bundle "
-             "(needs MONAI Label's own venv: bash tools/setup_monailabel_env.sh; a few minutes)",
+        "(needs MONAI Label's own venv: bash tools/setup_monailabel_env.sh; a few minutes)",
     )
     parser.addoption(
-        "--run-paper-scale", action="store_true", default=False,
+        "--run-paper-scale",
+        action="store_true",
+        default=False,
         help="also run the tests marked `paper_scale`: tools/paper_scale_check.py on every bundle x dataset with "
-             "full-size stand-in weights (PAPER_SCALE_STANDINS, default /tmp/diffseg_standins; hours on 2 cores)",
+        "full-size stand-in weights (PAPER_SCALE_STANDINS, default /tmp/diffseg_standins; hours on 2 cores)",
     )
 
 

@@ -83,7 +83,11 @@ def prepare_demo_data(data_dir: Path, seed: int = 0) -> dict[str, Path]:
 
 
 def discover_bundles(bundles_dir: Path, names: list[str] | None) -> list[Path]:
-    found = sorted(p for p in bundles_dir.iterdir() if (p / "configs" / "demo.json").is_file()) if bundles_dir.is_dir() else []
+    found = (
+        sorted(p for p in bundles_dir.iterdir() if (p / "configs" / "demo.json").is_file())
+        if bundles_dir.is_dir()
+        else []
+    )
     if names:
         by_name = {p.name: p for p in found}
         missing = [n for n in names if n not in by_name]
@@ -96,14 +100,21 @@ def discover_bundles(bundles_dir: Path, names: list[str] | None) -> list[Path]:
 def run_step(bundle: Path, configs: list[str], overrides: dict[str, str], log_path: Path) -> StepResult:
     """Run one ``monai.bundle run`` in a child process; measure wall time and the child's peak RSS."""
     cmd = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", "[" + ",".join(f"'{c}'" for c in configs) + "]",
-        "--meta_file", "configs/metadata.json",
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "[" + ",".join(f"'{c}'" for c in configs) + "]",
+        "--meta_file",
+        "configs/metadata.json",
     ]
     for k, v in overrides.items():
         cmd += [f"--{k}", v]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -138,14 +149,19 @@ def run_bundle(bundle: Path, datalists: dict[str, Path], out: Path) -> BundleRes
         "output_dir": str(work / "eval"),
         "ckpt_dir": str(work / "models"),
     }
-    stages = [(s["name"], [*s["configs"], "configs/demo.json"], {k: repr(v) for k, v in s.get("overrides", {}).items()})
-              for s in demo_cfg.get("demo_stages_before_train", [])]
+    stages = [
+        (s["name"], [*s["configs"], "configs/demo.json"], {k: repr(v) for k, v in s.get("overrides", {}).items()})
+        for s in demo_cfg.get("demo_stages_before_train", [])
+    ]
     for step, configs, extra in [*stages, *((name, cfgs, {}) for name, cfgs in STEPS)]:
         print(f"[demo] {bundle.name}: {step} ...", flush=True)
         r = run_step(bundle, configs, {**overrides, **extra}, work / f"{step}.log")
         res.steps[step] = r
-        print(f"[demo] {bundle.name}: {step} {'ok' if r.returncode == 0 else 'FAILED'} in {r.seconds:.1f} s, "
-              f"peak RSS {r.peak_rss_mb:.0f} MB", flush=True)
+        print(
+            f"[demo] {bundle.name}: {step} {'ok' if r.returncode == 0 else 'FAILED'} in {r.seconds:.1f} s, "
+            f"peak RSS {r.peak_rss_mb:.0f} MB",
+            flush=True,
+        )
         if r.returncode != 0:
             res.status = f"{step} failed (exit {r.returncode}), see {r.log}"
             print(_tail(r.log), flush=True)
@@ -172,8 +188,10 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def summary_table(results: list[BundleResult]) -> str:
-    rows = ["| bundle | dataset | Dice | IoU | train s | infer s/case | peak RSS MB | status |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| bundle | dataset | Dice | IoU | train s | infer s/case | peak RSS MB | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         rows.append(
             f"| {r.bundle} | {r.dataset} | {_fmt(r.dice, '.3f')} | {_fmt(r.iou, '.3f')} | {_fmt(r.train_s, '.1f')} | "

@@ -132,7 +132,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 600) -> tuple[int, dict, bytes]:
+def http(
+    url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 600
+) -> tuple[int, dict, bytes]:
     req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -164,8 +166,14 @@ def load_spatial(path: Path):
 MIN_DICE = 0.5
 
 
-def check_label(label_path: Path, image_path: Path, truth_path: Path | None, n_classes: int,
-                expect: tuple[set, set] | None, min_dice: float | None = MIN_DICE) -> tuple[bool, str]:
+def check_label(
+    label_path: Path,
+    image_path: Path,
+    truth_path: Path | None,
+    n_classes: int,
+    expect: tuple[set, set] | None,
+    min_dice: float | None = MIN_DICE,
+) -> tuple[bool, str]:
     import numpy as np
 
     label, label_affine = load_spatial(label_path)
@@ -198,8 +206,18 @@ def check_label(label_path: Path, image_path: Path, truth_path: Path | None, n_c
     return not problems, detail + ("; " + "; ".join(problems) if problems else "")
 
 
-def infer_and_check(base: str, bundle: str, name: str, params: dict, image_id: str, image_path: Path, case: dict,
-                    n_classes: int, labels_dir: Path, min_dice: float | None = MIN_DICE) -> Check:
+def infer_and_check(
+    base: str,
+    bundle: str,
+    name: str,
+    params: dict,
+    image_id: str,
+    image_path: Path,
+    case: dict,
+    n_classes: int,
+    labels_dir: Path,
+    min_dice: float | None = MIN_DICE,
+) -> Check:
     """``POST /infer/<bundle>?image=<id>&output=image`` and :func:`check_label` on the returned file."""
     check = Check(bundle, name)
     body, ctype = multipart({"params": json.dumps({**params, "device": "cpu"})})
@@ -218,15 +236,17 @@ def infer_and_check(base: str, bundle: str, name: str, params: dict, image_id: s
     check.label_file = str(label_path)
     try:
         truth = Path(case["label"]) if case.get("label") else None
-        check.ok, check.detail = check_label(label_path, image_path, truth, n_classes, EXPECTED_VALUES.get(name),
-                                             min_dice)
+        check.ok, check.detail = check_label(
+            label_path, image_path, truth, n_classes, EXPECTED_VALUES.get(name), min_dice
+        )
     except Exception as e:  # noqa: BLE001 - reported, not raised
         check.detail = f"unreadable label file {label_path}: {type(e).__name__}: {e}"
     return check
 
 
-def train_and_check(venv: Path, app: Path, work: Path, bundle: str, cases: list[dict], port: int,
-                    timeout: float) -> list[Check]:
+def train_and_check(
+    venv: Path, app: Path, work: Path, bundle: str, cases: list[dict], port: int, timeout: float
+) -> list[Check]:
     """A server whose datastore holds ``cases`` (images + ``labels/final``) of the bundle's dataset; ``POST
     /train/<bundle>?run_sync=true`` with MONAI Label's defaults (``val_split`` 0.2, pretrained ``models/model.pt``)
     for one epoch; the served ``models/model.pt`` must change, and ``/infer`` must still return a valid label."""
@@ -254,16 +274,29 @@ def train_and_check(venv: Path, app: Path, work: Path, bundle: str, cases: list[
         check.seconds = time.perf_counter() - t
         changed = model.is_file() and file_sha256(model) != before
         check.ok = status == 200 and changed
-        check.detail = (f"HTTP {status}, models/model.pt {'rewritten' if changed else 'NOT changed'}"
-                        + ("" if status == 200 else f": {content[:1500].decode(errors='replace')}; log {log}"))
+        check.detail = f"HTTP {status}, models/model.pt {'rewritten' if changed else 'NOT changed'}" + (
+            "" if status == 200 else f": {content[:1500].decode(errors='replace')}; log {log}"
+        )
         checks.append(check)
         image_id, image_path, case = ids[0]
         n_classes = 3 if bundle == "textdiffseg" else 2
         params = {"text": case["text"]} if bundle == "textdiff" else {}
         labels_dir = work / "labels_after_training"
         labels_dir.mkdir(exist_ok=True)
-        checks.append(infer_and_check(base, bundle, "infer after training", params, image_id, image_path, case,
-                                      n_classes, labels_dir, min_dice=None))
+        checks.append(
+            infer_and_check(
+                base,
+                bundle,
+                "infer after training",
+                params,
+                image_id,
+                image_path,
+                case,
+                n_classes,
+                labels_dir,
+                min_dice=None,
+            )
+        )
     except RuntimeError as e:
         checks.append(Check(bundle, "train 1 epoch (val_split 0.2)", False, None, str(e)))
     finally:
@@ -273,13 +306,34 @@ def train_and_check(venv: Path, app: Path, work: Path, bundle: str, cases: list[
 
 def start_server(venv: Path, app: Path, studies: Path, bundles: list[str], port: int, log: Path) -> subprocess.Popen:
     cmd = [
-        str(venv / "bin" / "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--conf", "models", ",".join(bundles), "--conf", "zoo_source", "github", "--conf", "sam2", "false",
+        str(venv / "bin" / "monailabel"),
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--conf",
+        "models",
+        ",".join(bundles),
+        "--conf",
+        "zoo_source",
+        "github",
+        "--conf",
+        "sam2",
+        "false",
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
-               PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", BUNDLE_DOWNLOAD_SRC="github")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        BUNDLE_DOWNLOAD_SRC="github",
+    )
     fh = open(log, "w")
     fh.write("$ " + " ".join(cmd) + "\n")
     fh.flush()
@@ -344,8 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--venv", default=str(REPO_ROOT / ".venv-monailabel"), help="MONAI Label's virtual environment")
     ap.add_argument("--work", default=str(REPO_ROOT / "monailabel_check"), help="output folder (recreated)")
-    ap.add_argument("--weights-from", default=str(REPO_ROOT / "demo_output"),
-                    help="folder with <bundle>/models/model.pt from tools/demo.py; missing ones are trained briefly")
+    ap.add_argument(
+        "--weights-from",
+        default=str(REPO_ROOT / "demo_output"),
+        help="folder with <bundle>/models/model.pt from tools/demo.py; missing ones are trained briefly",
+    )
     ap.add_argument("--bundles", nargs="*", default=list(REQUESTS), help="bundles to serve (default: all four)")
     ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
     ap.add_argument("--startup-timeout", type=float, default=600.0)
@@ -354,8 +411,10 @@ def main(argv: list[str] | None = None) -> int:
 
     venv, work = Path(args.venv).resolve(), Path(args.work).resolve()
     if not (venv / "bin" / "monailabel").is_file():
-        print(f"error: {venv}/bin/monailabel not found: run `bash tools/setup_monailabel_env.sh` first "
-              f"(or pass --venv)", file=sys.stderr)
+        print(
+            f"error: {venv}/bin/monailabel not found: run `bash tools/setup_monailabel_env.sh` first (or pass --venv)",
+            file=sys.stderr,
+        )
         return 2
     unknown = [b for b in args.bundles if b not in REQUESTS]
     if unknown:
@@ -363,8 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if work.exists():
         if any(work.iterdir()) and not (work / "report.json").is_file() and not (work / "app").is_dir():
-            print(f"error: {work} is not empty and is not an earlier check's output folder; pass another --work",
-                  file=sys.stderr)
+            print(
+                f"error: {work} is not empty and is not an earlier check's output folder; pass another --work",
+                file=sys.stderr,
+            )
             return 2
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -390,8 +451,12 @@ def main(argv: list[str] | None = None) -> int:
         bundle = REPO_ROOT / "bundles" / b
         dataset = json.loads((bundle / "configs" / "demo.json").read_text())["demo_dataset"]
         out = work / "train" / b
-        overrides = {"dataset_dir": str(datalists[dataset].parent), "datalist": str(datalists[dataset]),
-                     "output_dir": str(out / "eval"), "ckpt_dir": str(out / "models")}
+        overrides = {
+            "dataset_dir": str(datalists[dataset].parent),
+            "datalist": str(datalists[dataset]),
+            "output_dir": str(out / "eval"),
+            "ckpt_dir": str(out / "models"),
+        }
         print(f"[monailabel]   {b}: no {found}, training briefly on the demo data ...", flush=True)
         r = run_step(bundle, ["configs/train.json", "configs/demo.json"], overrides, out / "train.log")
         if r.returncode != 0:
@@ -455,8 +520,11 @@ def main(argv: list[str] | None = None) -> int:
                 params = {k: (case.get("text") if v == "<case text>" else v) for k, v in params.items()}
                 check = infer_and_check(base, b, name, params, image_id, image_path, case, n_classes, labels_dir)
                 report.checks.append(check)
-                print(f"[monailabel]   {b} [{name}] {'ok' if check.ok else 'FAILED'} in {check.seconds:.1f} s: "
-                      f"{check.detail}", flush=True)
+                print(
+                    f"[monailabel]   {b} [{name}] {'ok' if check.ok else 'FAILED'} in {check.seconds:.1f} s: "
+                    f"{check.detail}",
+                    flush=True,
+                )
     except RuntimeError as e:
         report.info_detail = report.info_detail or str(e)
         print(f"error: {e}", file=sys.stderr)
@@ -464,23 +532,30 @@ def main(argv: list[str] | None = None) -> int:
         print("[monailabel] 8/9 stopping the server", flush=True)
         stop_server(proc)
     if not args.skip_train and report.info_ok:
-        print("[monailabel] 9/9 /train: one server per bundle, its dataset's training cases in the datastore", flush=True)
+        print(
+            "[monailabel] 9/9 /train: one server per bundle, its dataset's training cases in the datastore", flush=True
+        )
         t = time.perf_counter()
         for b in args.bundles:
             dataset = json.loads((REPO_ROOT / "bundles" / b / "configs" / "demo.json").read_text())["demo_dataset"]
             cases = load_datalist(datalists[dataset], "training")[:8]
             for check in train_and_check(venv, app, work, b, cases, free_port(), args.startup_timeout):
                 report.checks.append(check)
-                print(f"[monailabel]   {b} [{check.request}] {'ok' if check.ok else 'FAILED'} in "
-                      f"{check.seconds or 0:.1f} s: {check.detail}", flush=True)
+                print(
+                    f"[monailabel]   {b} [{check.request}] {'ok' if check.ok else 'FAILED'} in "
+                    f"{check.seconds or 0:.1f} s: {check.detail}",
+                    flush=True,
+                )
         report.timings_s["train_phase"] = time.perf_counter() - t
     report.timings_s["total"] = time.perf_counter() - t_all
     (work / "report.json").write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
     print("\n| bundle | request | result | seconds | detail |\n|---|---|---|---|---|")
     for c in report.checks:
         print(f"| {c.bundle} | {c.request} | {'ok' if c.ok else 'FAILED'} | {c.seconds or 0:.1f} | {c.detail} |")
-    print(f"\n/info: {'ok' if report.info_ok else 'FAILED'}; timings (s): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in report.timings_s.items()))
+    print(
+        f"\n/info: {'ok' if report.info_ok else 'FAILED'}; timings (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in report.timings_s.items())
+    )
     print(f"{'PASSED' if report.ok else 'FAILED'}: report {work / 'report.json'}")
     return 0 if report.ok else 1
 

@@ -10,7 +10,8 @@ bundle uses: a MONAI Label server loads several bundles into ONE process and onl
 packages between them, so the ``common`` imported first (by whichever bundle) must serve every other bundle too
 (a bundle-specific subset failed there with ``No module named 'scripts.adaptive_norm'``). The bundle's configs and
 ``scripts/`` are still scanned for the ``common`` modules they use (transitively): that closure is recorded as
-``packaged_common.modules_used`` and decides the pinned third-party packages. ``configs/metadata.json`` gets the versions of the installed third-party packages the code imports
+``packaged_common.modules_used`` and decides the pinned third-party packages. ``configs/metadata.json`` gets the
+versions of the installed third-party packages the code imports
 (``required_packages_version``, ``monai_version``, ``pytorch_version``, ``numpy_version``) and a
 ``packaged_common`` record (modules copied, modules used, ``common`` version, git commit).
 
@@ -38,10 +39,23 @@ COMMON_DIR = REPO_ROOT / "common"
 
 #: top-level import name -> distribution name, for the packages a bundle may import
 DISTRIBUTIONS = {
-    "torch": "torch", "monai": "monai", "numpy": "numpy", "transformers": "transformers", "diffusers": "diffusers",
-    "nibabel": "nibabel", "SimpleITK": "SimpleITK", "PIL": "pillow", "tifffile": "tifffile",
-    "ignite": "pytorch-ignite", "einops": "einops", "safetensors": "safetensors", "tensorboard": "tensorboard",
-    "yaml": "pyyaml", "tqdm": "tqdm", "jsonschema": "jsonschema", "fire": "fire",
+    "torch": "torch",
+    "monai": "monai",
+    "numpy": "numpy",
+    "transformers": "transformers",
+    "diffusers": "diffusers",
+    "nibabel": "nibabel",
+    "SimpleITK": "SimpleITK",
+    "PIL": "pillow",
+    "tifffile": "tifffile",
+    "ignite": "pytorch-ignite",
+    "einops": "einops",
+    "safetensors": "safetensors",
+    "tensorboard": "tensorboard",
+    "yaml": "pyyaml",
+    "tqdm": "tqdm",
+    "jsonschema": "jsonschema",
+    "fire": "fire",
 }
 #: packages every bundle needs at run time even if no scanned file imports them by name
 ALWAYS = ("monai", "torch", "numpy", "einops", "fire", "pytorch-ignite", "nibabel")
@@ -54,9 +68,10 @@ EXCLUDE_MODEL_DIRS = ("checkpoints", "previous_run_", "feature_cache", "tiny_sd"
 def _ignored(folder: str, names: list[str]) -> list[str]:
     in_models = Path(folder).name == "models"
     return [
-        n for n in names
-        if n in EXCLUDE_DIRS or n.endswith(".pyc") or (in_models and n.startswith(EXCLUDE_MODEL_DIRS))
+        n for n in names if n in EXCLUDE_DIRS or n.endswith(".pyc") or (in_models and n.startswith(EXCLUDE_MODEL_DIRS))
     ]
+
+
 COMMON_REF = re.compile(r"\bcommon(?:\.\w+)+")
 #: the model zoo keeps files above this size out of the bundle zip (large_files.yml instead)
 LARGE_FILE_MB = 25.0
@@ -181,9 +196,11 @@ def record_large_files(dest: Path, limit_mb: float, url_base: str | None) -> lis
     (e.g. the official download of a pretrained part) and gets the file's SHA-256 if it had none."""
     import yaml
 
-    large = sorted(
-        p for p in (dest / "models").iterdir() if p.is_file() and p.stat().st_size > limit_mb * 1024 * 1024
-    ) if (dest / "models").is_dir() else []
+    large = (
+        sorted(p for p in (dest / "models").iterdir() if p.is_file() and p.stat().st_size > limit_mb * 1024 * 1024)
+        if (dest / "models").is_dir()
+        else []
+    )
     if not large:
         return []
     yml = dest / "large_files.yml"
@@ -203,10 +220,13 @@ def record_large_files(dest: Path, limit_mb: float, url_base: str | None) -> lis
         entries.append({"path": r, "url": url, "hash_val": file_sha256(path), "hash_type": "sha256"})
     rel = [p.relative_to(dest).as_posix() for p in large]
     header = [ln for ln in text.splitlines() if ln.startswith("#")]
-    header.append(f"# Added by tools/package_bundle.py: files over {limit_mb:g} MB are not in the zip"
-                  + ("." if url_base else "; upload them and fill in `url`."))
-    yml.write_text("\n".join(header) + "\n" + yaml.safe_dump({"large_files": entries}, sort_keys=False),
-                   encoding="utf-8")
+    header.append(
+        f"# Added by tools/package_bundle.py: files over {limit_mb:g} MB are not in the zip"
+        + ("." if url_base else "; upload them and fill in `url`.")
+    )
+    yml.write_text(
+        "\n".join(header) + "\n" + yaml.safe_dump({"large_files": entries}, sort_keys=False), encoding="utf-8"
+    )
     return rel
 
 
@@ -232,9 +252,7 @@ def package_bundle(
     dest = out / name
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(
-        bundle, dest, ignore=_ignored
-    )
+    shutil.copytree(bundle, dest, ignore=_ignored)
     seeds, third = scan_bundle(bundle)
     files, third_common = common_closure(seeds)
     carried = sorted(COMMON_DIR.rglob("*.py"))
@@ -278,10 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--large-file-mb", type=float, default=LARGE_FILE_MB,
-                    help="weights above this size go to large_files.yml instead of the zip (default %(default)s)")
-    ap.add_argument("--large-files-url", default=None,
-                    help="base URL where the large files will be hosted (written into large_files.yml)")
+    ap.add_argument(
+        "--large-file-mb",
+        type=float,
+        default=LARGE_FILE_MB,
+        help="weights above this size go to large_files.yml instead of the zip (default %(default)s)",
+    )
+    ap.add_argument(
+        "--large-files-url",
+        default=None,
+        help="base URL where the large files will be hosted (written into large_files.yml)",
+    )
     args = ap.parse_args(argv)
     try:
         dest, zip_path = package_bundle(args.bundle, args.out, args.large_file_mb, args.large_files_url)
@@ -290,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     meta = json.loads((dest / "configs" / "metadata.json").read_text())
     print(f"bundle folder: {dest}\nzip: {zip_path}")
-    print(f"common modules used by the bundle: {', '.join(meta['packaged_common']['modules_used']) or '(none)'} "
-          f"({len(meta['packaged_common']['modules'])} carried)")
+    print(
+        f"common modules used by the bundle: {', '.join(meta['packaged_common']['modules_used']) or '(none)'} "
+        f"({len(meta['packaged_common']['modules'])} carried)"
+    )
     print(f"required packages: {meta['required_packages_version']}")
     return 0
 

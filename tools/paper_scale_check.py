@@ -86,11 +86,16 @@ class Chain:
 
 
 def _textdiff(dataset: str, overlay: list[str], n_train: int) -> Chain:
-    return Chain("textdiff", dataset, {"name": dataset, "n_train": n_train, "n_val": 1, "n_test": 1},
-                 ["adm", "bert"], [
-                     Stage("train", ["configs/train.json", *overlay], batch_key="batch_size", paper_batch_size=1),
-                     Stage("inference", ["configs/inference.json", *overlay]),
-                 ])
+    return Chain(
+        "textdiff",
+        dataset,
+        {"name": dataset, "n_train": n_train, "n_val": 1, "n_test": 1},
+        ["adm", "bert"],
+        [
+            Stage("train", ["configs/train.json", *overlay], batch_key="batch_size", paper_batch_size=1),
+            Stage("inference", ["configs/inference.json", *overlay]),
+        ],
+    )
 
 
 def _cdal(dataset: str, overlay: list[str], batch: int, convert: bool = False) -> Chain:
@@ -98,30 +103,57 @@ def _cdal(dataset: str, overlay: list[str], batch: int, convert: bool = False) -
     if convert:
         stages.append(Stage("convert", ["configs/inference.json", *overlay]))
     stages.append(Stage("inference", ["configs/inference.json", *overlay]))
-    return Chain("cdal", dataset, {"name": dataset, "n_train": 2 * batch, "n_test": 1},
-                 ["cdal"] if convert else [], stages)
+    return Chain(
+        "cdal", dataset, {"name": dataset, "n_train": 2 * batch, "n_test": 1}, ["cdal"] if convert else [], stages
+    )
 
 
 def _textdiffseg(dataset: str, overlay: str) -> Chain:
     files = [f"configs/{overlay}"]
-    return Chain("textdiffseg", dataset, {"name": dataset, "n_train": 2, "n_test": 1}, ["bert"], [
-        Stage("train", ["configs/train.json", *files], batch_key="batch_size", paper_batch_size=1),
-        Stage("inference", ["configs/inference.json", *files]),
-    ])
+    return Chain(
+        "textdiffseg",
+        dataset,
+        {"name": dataset, "n_train": 2, "n_test": 1},
+        ["bert"],
+        [
+            Stage("train", ["configs/train.json", *files], batch_key="batch_size", paper_batch_size=1),
+            Stage("inference", ["configs/inference.json", *files]),
+        ],
+    )
 
 
 def _diffboost(dataset: str, overlay: list[str], volumes: int | None) -> Chain:
     n_train = 64  # two batches of the paper's ControlNet batch of 32
-    return Chain("diffboost", dataset, {"name": dataset, "n_train": n_train, "n_test": 1, "volumes": volumes},
-                 ["sd", "hed"], [
-                     Stage("train", ["configs/train.json", "configs/train_controlnet.json", *overlay], batch_key="controlnet_batch_size",
-                           paper_batch_size=32, name="controlnet"),
-                     Stage("synthesis", ["configs/train.json", "configs/synthesize.json", *overlay], caps=dict(SYNTHESIS_CAPS),
-                           train_cases=16),
-                     Stage("train", ["configs/train.json", *overlay], batch_key="batch_size", paper_batch_size=8,
-                           train_cases=16, name="segmentation"),
-                     Stage("inference", ["configs/inference.json", *overlay]),
-                 ])
+    return Chain(
+        "diffboost",
+        dataset,
+        {"name": dataset, "n_train": n_train, "n_test": 1, "volumes": volumes},
+        ["sd", "hed"],
+        [
+            Stage(
+                "train",
+                ["configs/train.json", "configs/train_controlnet.json", *overlay],
+                batch_key="controlnet_batch_size",
+                paper_batch_size=32,
+                name="controlnet",
+            ),
+            Stage(
+                "synthesis",
+                ["configs/train.json", "configs/synthesize.json", *overlay],
+                caps=dict(SYNTHESIS_CAPS),
+                train_cases=16,
+            ),
+            Stage(
+                "train",
+                ["configs/train.json", *overlay],
+                batch_key="batch_size",
+                paper_batch_size=8,
+                train_cases=16,
+                name="segmentation",
+            ),
+            Stage("inference", ["configs/inference.json", *overlay]),
+        ],
+    )
 
 
 def all_chains() -> list[Chain]:
@@ -192,8 +224,21 @@ def _cell(text: Any) -> str:
 def markdown_table(records: list[Record], bundle_column: bool = True) -> str:
     """The records as one Markdown table: ``OUT/paper_scale.md`` (all bundles) or a model card (``bundle_column``
     False)."""
-    head = ["dataset", "config", "stage", "ok", "s/iteration or s/case", "peak memory GB", "GFLOP", "peak fraction",
-            "projected A100 s", "batch (paper)", "input", "params trainable / frozen", "notes"]
+    head = [
+        "dataset",
+        "config",
+        "stage",
+        "ok",
+        "s/iteration or s/case",
+        "peak memory GB",
+        "GFLOP",
+        "peak fraction",
+        "projected A100 s",
+        "batch (paper)",
+        "input",
+        "params trainable / frozen",
+        "notes",
+    ]
     if bundle_column:
         head.insert(0, "bundle")
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -208,10 +253,21 @@ def markdown_table(records: list[Record], bundle_column: bool = True) -> str:
             notes.append(f"{r.seconds_per_step:.1f} s per DDIM step")
         if not r.ok:
             notes.append(f"FAILED: {r.error}")
-        cells = [r.dataset, r.config, stage, "yes" if r.ok else "NO", f"{_fmt(sec, '.1f')}{unit}",
-                 _fmt(None if r.peak_rss_mb is None else r.peak_rss_mb / 1024, ".1f"),
-                 _fmt(None if r.flops is None else r.flops / 1e9, ".0f"), _fmt(r.peak_fraction, ".2f"),
-                 _fmt(r.projected_gpu_s, ".2f"), batch, r.input_shape or "-", params, "; ".join(notes)]
+        cells = [
+            r.dataset,
+            r.config,
+            stage,
+            "yes" if r.ok else "NO",
+            f"{_fmt(sec, '.1f')}{unit}",
+            _fmt(None if r.peak_rss_mb is None else r.peak_rss_mb / 1024, ".1f"),
+            _fmt(None if r.flops is None else r.flops / 1e9, ".0f"),
+            _fmt(r.peak_fraction, ".2f"),
+            _fmt(r.projected_gpu_s, ".2f"),
+            batch,
+            r.input_shape or "-",
+            params,
+            "; ".join(notes),
+        ]
         if bundle_column:
             cells.insert(0, r.bundle)
         rows.append("| " + " | ".join(_cell(c)[:400] for c in cells) + " |")
@@ -244,8 +300,10 @@ def _count_params(parser: Any, stage: str) -> tuple[int, int]:
     if stage == "train":
         trainable = {
             id(p): p.numel()
-            for v in resolved.values() if isinstance(v, torch.optim.Optimizer)
-            for g in v.param_groups for p in g["params"]
+            for v in resolved.values()
+            if isinstance(v, torch.optim.Optimizer)
+            for g in v.param_groups
+            for p in g["params"]
         }
     else:
         net = resolved.get("network")
@@ -313,10 +371,15 @@ def _convert_cdal(spec: dict, parser: Any) -> None:
     from scripts.convert import convert_cdal  # the bundle's scripts package
 
     overlays = [str(Path(c).resolve()) for c in spec["configs"] if Path(c).name != "inference.json"]
-    convert_cdal(argparse.Namespace(
-        src=spec["standins"]["cdal"], dst=str(Path(spec["ckpt_dir"]) / "model.pt"),
-        network=str(Path("configs/inference.json").resolve()) + "#network_def", override=overlays, key=None,
-    ))
+    convert_cdal(
+        argparse.Namespace(
+            src=spec["standins"]["cdal"],
+            dst=str(Path(spec["ckpt_dir"]) / "model.pt"),
+            network=str(Path("configs/inference.json").resolve()) + "#network_def",
+            override=overlays,
+            key=None,
+        )
+    )
 
 
 def _init_weights(spec: dict, parser: Any) -> None:
@@ -344,8 +407,11 @@ def run_child(spec_path: Path, result_path: Path) -> int:
 
         stage = spec["stage"]
         workflow = ConfigWorkflow(
-            config_file=spec["configs"], meta_file="configs/metadata.json", logging_file="configs/logging.conf",
-            workflow_type=None, **spec["overrides"],
+            config_file=spec["configs"],
+            meta_file="configs/metadata.json",
+            logging_file="configs/logging.conf",
+            workflow_type=None,
+            **spec["overrides"],
         )
         if stage == "init_weights":  # the inference config's initialize loads model.pt, which is being written
             workflow.parser.parse()
@@ -374,8 +440,11 @@ def run_child(spec_path: Path, result_path: Path) -> int:
             if n_images == 0:
                 raise RuntimeError("the synthesis wrote no image")
             steps = int(parser.get_parsed_content("synthesis_steps"))
-            out.update(seconds_per_case=seconds / n_images, seconds_per_step=seconds / (n_images * steps),
-                       flops=fc.total / n_images)
+            out.update(
+                seconds_per_case=seconds / n_images,
+                seconds_per_step=seconds / (n_images * steps),
+                flops=fc.total / n_images,
+            )
             out["notes"].append(f"{n_images} synthetic images x {steps} DDIM steps (edge maps included); per image")
         else:
             workflow.run()
@@ -487,7 +556,8 @@ def _config_label(configs: list[str]) -> str:
     return " + ".join(Path(c).name for c in configs)
 
 
-#: (bundle, the stage's batch-size key) -> (the largest batch that fitted in this process's earlier runs, why): the datasets of a
+# : (bundle, the stage's batch-size key) -> (the largest batch that fitted in this process's earlier runs, why): the
+# datasets of a
 #: bundle share the network and the image size, so DiffBoost's ControlNet search runs once, not per dataset
 _FITTING_BATCH: dict[tuple[str, str], tuple[int, list[str]]] = {}
 
@@ -521,15 +591,25 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
     print(f"[paper-scale] {chain.key}: data ready in {time.perf_counter() - t0:.0f} s ({datalist})", flush=True)
     shutil.rmtree(work, ignore_errors=True)  # a fresh run: nothing resumed from an earlier check
     base = {
-        "dataset_dir": str(datalist.parent), "datalist": str(datalist), "output_dir": str(work / "eval"),
-        "ckpt_dir": str(work / "models"), "device": "$torch.device('cpu')",
+        "dataset_dir": str(datalist.parent),
+        "datalist": str(datalist),
+        "output_dir": str(work / "eval"),
+        "ckpt_dir": str(work / "models"),
+        "device": "$torch.device('cpu')",
     }
     base.update(standin_overrides(args.standins, chain.standins))
     failed_before = False
     for st in chain.stages:
         label = st.name or st.stage
-        rec = Record(chain.bundle, chain.dataset, _config_label(st.configs), st.stage, step=label,
-                     paper_batch_size=st.paper_batch_size, caps=dict(st.caps))
+        rec = Record(
+            chain.bundle,
+            chain.dataset,
+            _config_label(st.configs),
+            st.stage,
+            step=label,
+            paper_batch_size=st.paper_batch_size,
+            caps=dict(st.caps),
+        )
         log = logs / f"{chain.key}-{label}.log"
         log.unlink(missing_ok=True)
         rec.log = str(log)
@@ -551,11 +631,19 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
         while True:
             if st.batch_key and batch is not None:
                 overrides[st.batch_key] = batch
-            spec = {"bundle_dir": str(REPO_ROOT / "bundles" / chain.bundle), "configs": st.configs,
-                    "overrides": overrides, "stage": st.stage, "batch_key": st.batch_key,
-                    "ckpt_dir": base["ckpt_dir"], "standins": standins}
-            print(f"[paper-scale] {chain.key}: {label} ({rec.config}"
-                  f"{'' if batch is None else f', batch {batch}'}) ...", flush=True)
+            spec = {
+                "bundle_dir": str(REPO_ROOT / "bundles" / chain.bundle),
+                "configs": st.configs,
+                "overrides": overrides,
+                "stage": st.stage,
+                "batch_key": st.batch_key,
+                "ckpt_dir": base["ckpt_dir"],
+                "standins": standins,
+            }
+            print(
+                f"[paper-scale] {chain.key}: {label} ({rec.config}{'' if batch is None else f', batch {batch}'}) ...",
+                flush=True,
+            )
             result, stopped = run_stage(spec, log, budget_mb, args.timeout_min * 60)
             if stopped == "memory" and st.batch_key and batch and batch > 1:
                 rec.notes.append(f"batch {batch} exceeded the {budget_mb / 1024:.0f} GB budget")
@@ -576,13 +664,17 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
             rec.notes.append(f"batch {rec.batch_size} = the largest that fits ({rec.paper_batch_size} in the paper)")
             if (chain.bundle, st.batch_key) not in _FITTING_BATCH:
                 _FITTING_BATCH[(chain.bundle, st.batch_key)] = (
-                    rec.batch_size, [n for n in rec.notes if "exceeded" in n]
+                    rec.batch_size,
+                    [n for n in rec.notes if "exceeded" in n],
                 )
         secs = rec.seconds_per_iteration or rec.seconds_per_case
-        print(f"[paper-scale] {chain.key}: {label} {'ok' if rec.ok else 'FAILED'}"
-              f"{'' if secs is None else f', {secs:.2f} s'}"
-              f"{'' if rec.peak_rss_mb is None else f', peak {rec.peak_rss_mb:.0f} MB'}"
-              f"{'' if rec.ok else ': ' + str(rec.error)}", flush=True)
+        print(
+            f"[paper-scale] {chain.key}: {label} {'ok' if rec.ok else 'FAILED'}"
+            f"{'' if secs is None else f', {secs:.2f} s'}"
+            f"{'' if rec.peak_rss_mb is None else f', peak {rec.peak_rss_mb:.0f} MB'}"
+            f"{'' if rec.ok else ': ' + str(rec.error)}",
+            flush=True,
+        )
         failed_before = not rec.ok
         records.append(rec)
     return records
@@ -639,8 +731,10 @@ def _method_text(records: list[Record], started: str) -> str:
     """How the figures of ``records`` were measured (the machine as recorded by the runs themselves)."""
     peak = max((r.peak_flops for r in records if r.peak_flops), default=None)
     first = next((r for r in records if r.cpu_cores), None)
-    machine = "-" if first is None else (
-        f"{first.cpu_cores} CPU cores, {first.memory_gb:.0f} GB, memory budget {first.memory_budget_gb:.1f} GB"
+    machine = (
+        "-"
+        if first is None
+        else (f"{first.cpu_cores} CPU cores, {first.memory_gb:.0f} GB, memory budget {first.memory_budget_gb:.1f} GB")
     )
     return (
         f"Measured by `tools/paper_scale_check.py` ({started}; {machine}; measured peak "
@@ -658,19 +752,25 @@ def _method_text(records: list[Record], started: str) -> str:
 
 def summary_table(records: list[Record]) -> str:
     """One row per bundle x dataset: every stage ok?, training s/iteration and inference s/case, peak memory."""
-    rows = ["| bundle | dataset | runs ok | training s/iteration (batch) | inference s/case | peak memory GB |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| bundle | dataset | runs ok | training s/iteration (batch) | inference s/case | peak memory GB |",
+        "|---|---|---|---|---|---|",
+    ]
     chains: dict[tuple[str, str], list[Record]] = {}
     for r in records:
         chains.setdefault((r.bundle, r.dataset), []).append(r)
     for (bundle, dataset), recs in chains.items():
-        train = "; ".join(f"{r.step}: {_fmt(r.seconds_per_iteration, '.1f')} ({r.batch_size})"
-                          for r in recs if r.stage == "train")
-        infer = "; ".join(f"{r.step}: {_fmt(r.seconds_per_case, '.1f')}" for r in recs
-                          if r.stage in ("inference", "synthesis"))
+        train = "; ".join(
+            f"{r.step}: {_fmt(r.seconds_per_iteration, '.1f')} ({r.batch_size})" for r in recs if r.stage == "train"
+        )
+        infer = "; ".join(
+            f"{r.step}: {_fmt(r.seconds_per_case, '.1f')}" for r in recs if r.stage in ("inference", "synthesis")
+        )
         peak = max((r.peak_rss_mb for r in recs if r.peak_rss_mb), default=None)
-        rows.append(f"| {bundle} | {dataset} | {sum(r.ok for r in recs)}/{len(recs)} | {train or '-'} | "
-                    f"{infer or '-'} | {_fmt(None if peak is None else peak / 1024, '.1f')} |")
+        rows.append(
+            f"| {bundle} | {dataset} | {sum(r.ok for r in recs)}/{len(recs)} | {train or '-'} | "
+            f"{infer or '-'} | {_fmt(None if peak is None else peak / 1024, '.1f')} |"
+        )
     return "\n".join(rows)
 
 
@@ -680,8 +780,10 @@ def update_model_cards(records: list[Record], started: str) -> list[Path]:
     done = []
     readme = REPO_ROOT / "README.md"
     cores = next((r.cpu_cores for r in records if r.cpu_cores), None)
-    text = (f"Measured {started} on a {cores}-core CPU machine (stand-in weights, synthetic data of the papers' "
-            "sizes; per-stage details and FLOPs in each model card):\n\n" + summary_table(records))
+    text = (
+        f"Measured {started} on a {cores}-core CPU machine (stand-in weights, synthetic data of the papers' "
+        "sizes; per-stage details and FLOPs in each model card):\n\n" + summary_table(records)
+    )
     if replace_marked_section(readme, "paper-scale-summary", text):
         done.append(readme)
     for bundle in sorted({r.bundle for r in records}):
@@ -712,12 +814,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundles", nargs="*", default=None)
     ap.add_argument("--datasets", nargs="*", default=None)
     ap.add_argument("--make-standins", action="store_true", help="write missing stand-ins first")
-    ap.add_argument("--memory-budget-gb", type=float, default=None,
-                    help="stop a run whose process tree passes this (default 90%% of the machine's memory)")
+    ap.add_argument(
+        "--memory-budget-gb",
+        type=float,
+        default=None,
+        help="stop a run whose process tree passes this (default 90%% of the machine's memory)",
+    )
     ap.add_argument("--timeout-min", type=float, default=60.0, help="time limit of one run")
     ap.add_argument("--list", action="store_true", help="list the runs and exit")
-    ap.add_argument("--update-cards", action="store_true",
-                    help="write the records of OUT/paper_scale.json into the model cards and exit")
+    ap.add_argument(
+        "--update-cards",
+        action="store_true",
+        help="write the records of OUT/paper_scale.json into the model cards and exit",
+    )
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -733,8 +842,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is None:
             ap.error("--update-cards needs --out")
         known = {f.name for f in dataclasses.fields(Record)}
-        recs = [Record(**{k: v for k, v in r.items() if k in known})
-                for r in json.loads((args.out / "paper_scale.json").read_text())]
+        recs = [
+            Record(**{k: v for k, v in r.items() if k in known})
+            for r in json.loads((args.out / "paper_scale.json").read_text())
+        ]
         stamp = time.strftime("%Y-%m-%d", time.localtime((args.out / "paper_scale.json").stat().st_mtime))
         for card in update_model_cards(recs, stamp):
             print(f"[paper-scale] updated {card}")

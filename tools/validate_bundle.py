@@ -59,7 +59,14 @@ CONFIG_BASES: dict[str, tuple[str, ...]] = {
 CONTRACT_KEYS: dict[str, tuple[str, ...]] = {
     "train.json": ("bundle_root", "dataset_dir", "datalist", "output_dir", "device", "network_def", "run"),
     "inference.json": (
-        "bundle_root", "dataset_dir", "datalist", "output_dir", "device", "network_def", "inferer", "run",
+        "bundle_root",
+        "dataset_dir",
+        "datalist",
+        "output_dir",
+        "device",
+        "network_def",
+        "inferer",
+        "run",
     ),
     "evaluate.json": ("run",),
     "multi_gpu_train.json": ("device", "run"),
@@ -305,10 +312,18 @@ def validate_bundle(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", help="bundle folder, e.g. bundles/textdiff")
-    ap.add_argument("--override", default=None, help="config merged on inference.json for the network check, "
-                    "e.g. configs/demo.json (the paper-scale network can be large)")
-    ap.add_argument("--standins", default=None, help="folder written by tools/make_standins.py: the network check "
-                    "loads the pretrained parts from there (random weights in the official formats)")
+    ap.add_argument(
+        "--override",
+        default=None,
+        help="config merged on inference.json for the network check, "
+        "e.g. configs/demo.json (the paper-scale network can be large)",
+    )
+    ap.add_argument(
+        "--standins",
+        default=None,
+        help="folder written by tools/make_standins.py: the network check "
+        "loads the pretrained parts from there (random weights in the official formats)",
+    )
     ap.add_argument("--no-network-check", action="store_true", help="skip instantiating network_def")
     args = ap.parse_args(argv)
     report = validate_bundle(args.bundle, args.override, network=not args.no_network_check, standins=args.standins)

@@ -247,7 +247,8 @@ def split_cases(
 
     The ids are sorted first (so the result does not depend on the input order), shuffled with
     ``numpy.random.default_rng(seed)``, then ``n_test = floor(test_fraction * n)`` cases go to test and
-    ``n_val = round_half_up(val_fraction * (n - n_test))`` of the REST to validation (bundles/textdiffseg/docs/sources.md §1.1:
+    ``n_val = round_half_up(val_fraction * (n - n_test))`` of the REST to validation
+    (bundles/textdiffseg/docs/sources.md §1.1:
     KiTS21 300 -> 216/24/60, Pancreas 281 -> 202/23/56, LiTS 131 -> 94/11/26, Colon 126 -> 91/10/25 with 0.1/0.2).
     A non-zero fraction always yields at least one case as long as one case stays for training.
     Each returned list is sorted.
@@ -284,7 +285,8 @@ def kfold_splits(case_ids: Sequence[str], n_folds: int) -> list[tuple[list[str],
     """Case-level K-fold partition in the given order without shuffling, as ``sklearn KFold(n_splits)`` does.
 
     Written here because scikit-learn is not a dependency. Fold ``k`` holds out a contiguous block of the list; the
-    first ``n % n_folds`` blocks have one case more (bundles/diffboost/docs/sources.md §1.3: ``KFold(n_splits=3)`` over dataset.json
+    first ``n % n_folds`` blocks have one case more (bundles/diffboost/docs/sources.md §1.3: ``KFold(n_splits=3)`` over
+    dataset.json
     order).
 
     Returns:

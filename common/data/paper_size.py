@@ -71,17 +71,39 @@ def _cxr(raw: Path, n: int, seed: int, size: Any = None) -> None:  # the release
     from common.data.synthetic_cxr import MONTGOMERY_SIZE, SHENZHEN_SIZE, make_cxr_lungs_like
 
     n_test = max(1, n // 4)
-    make_cxr_lungs_like(raw, n_montgomery=n_test, n_shenzhen=n - n_test, montgomery_size=MONTGOMERY_SIZE,
-                        shenzhen_size=SHENZHEN_SIZE, seed=seed)
+    make_cxr_lungs_like(
+        raw,
+        n_montgomery=n_test,
+        n_shenzhen=n - n_test,
+        montgomery_size=MONTGOMERY_SIZE,
+        shenzhen_size=SHENZHEN_SIZE,
+        seed=seed,
+    )
 
 
-def _msd(task: str, n_classes: int, labels: tuple[str, ...], shape: tuple[int, int, int],
-         spacing: tuple[float, float, float], n_channels: int = 1) -> Callable[[Path, int, int, Any], None]:
+def _msd(
+    task: str,
+    n_classes: int,
+    labels: tuple[str, ...],
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    n_channels: int = 1,
+) -> Callable[[Path, int, int, Any], None]:
     def write(raw: Path, n: int, seed: int, size: tuple[int, int, int] | None = None) -> None:
         from common.data.synthetic import make_msd_like
 
-        make_msd_like(raw, n_train=n, n_test=0, n_classes=n_classes, n_channels=n_channels, shape=size or shape,
-                      spacing=spacing, seed=seed, task_name=task, label_names=labels)
+        make_msd_like(
+            raw,
+            n_train=n,
+            n_test=0,
+            n_classes=n_classes,
+            n_channels=n_channels,
+            shape=size or shape,
+            spacing=spacing,
+            seed=seed,
+            task_name=task,
+            label_names=labels,
+        )
 
     return write
 
@@ -116,32 +138,47 @@ PAPER_SIZE_DATASETS: dict[str, PaperSizeDataset] = {
     for d in (
         PaperSizeDataset("monuseg", "1000 x 1000 RGB H&E tiles + Aperio XML (MoNuSeg 2018)", "monuseg", _monuseg),
         PaperSizeDataset("qata", "224 x 224 grey chest X-rays + LViT text tables (QaTa-COV19)", "qata", _qata),
-        PaperSizeDataset("cxr", "Shenzhen 2949 x 3000 / Montgomery 4892 x 4020 grey PNGs (Kaggle lung masks)",
-                         "cxr_lungs", _cxr),
-        PaperSizeDataset("hippocampus", "35 x 51 x 35 MR at 1 mm (MSD Task04)", "msd",
-                         _msd("Task04_Hippocampus", 3, ("background", "Anterior", "Posterior"), (35, 51, 35),
-                              (1.0, 1.0, 1.0))),
+        PaperSizeDataset(
+            "cxr", "Shenzhen 2949 x 3000 / Montgomery 4892 x 4020 grey PNGs (Kaggle lung masks)", "cxr_lungs", _cxr
+        ),
+        PaperSizeDataset(
+            "hippocampus",
+            "35 x 51 x 35 MR at 1 mm (MSD Task04)",
+            "msd",
+            _msd("Task04_Hippocampus", 3, ("background", "Anterior", "Posterior"), (35, 51, 35), (1.0, 1.0, 1.0)),
+        ),
         PaperSizeDataset("kits21", "120 x 512 x 512 CT at 3.0 x 0.78 x 0.78 mm (KiTS21)", "kits21", _kits21),
         PaperSizeDataset("lits", "512 x 512 x 120 CT at 0.78 x 0.78 x 2.5 mm (LiTS)", "lits", _lits),
-        PaperSizeDataset("lits_1.5mm", "LiTS layout at 1.5 x 1.5 x 2 mm (bench: voxels = network input)", "lits",
-                         _lits_resampled),
-        PaperSizeDataset("msd_pancreas", "512 x 512 x 96 CT at 0.78 x 0.78 x 2.5 mm (MSD Task07)", "msd",
-                         _msd("Task07_Pancreas", 3, ("background", "pancreas", "cancer"), (512, 512, 96),
-                              (0.78, 0.78, 2.5))),
-        PaperSizeDataset("msd_colon", "512 x 512 x 100 CT at 0.78 x 0.78 x 5.0 mm (MSD Task10)", "msd",
-                         _msd("Task10_Colon", 2, ("background", "colon cancer primaries"), (512, 512, 100),
-                              (0.78, 0.78, 5.0))),
-        PaperSizeDataset("busi", "500 x 600 grey ultrasound PNGs (BUSI, malignant)", "busi", _busi,
-                         {"n_folds": 0}),
-        PaperSizeDataset("spleen_slices", "512 x 512 x 40 CT at 0.79 x 0.79 x 5 mm (MSD Task09) -> 384^2 slices",
-                         "msd_slices",
-                         _msd("Task09_Spleen", 2, ("background", "spleen"), (512, 512, 40), (0.79, 0.79, 5.0)),
-                         {"n_folds": 0}),
-        PaperSizeDataset("prostate_slices", "320 x 320 x 20 x 2 MR at 0.6 x 0.6 x 3.6 mm (MSD Task05) -> T2 slices",
-                         "msd_slices",
-                         _msd("Task05_Prostate", 3, ("background", "PZ", "TZ"), (320, 320, 20), (0.6, 0.6, 3.6),
-                              n_channels=2),
-                         {"n_folds": 0, "channels": [0], "binary": True, "label_names": {"1": "prostate"}}),
+        PaperSizeDataset(
+            "lits_1.5mm", "LiTS layout at 1.5 x 1.5 x 2 mm (bench: voxels = network input)", "lits", _lits_resampled
+        ),
+        PaperSizeDataset(
+            "msd_pancreas",
+            "512 x 512 x 96 CT at 0.78 x 0.78 x 2.5 mm (MSD Task07)",
+            "msd",
+            _msd("Task07_Pancreas", 3, ("background", "pancreas", "cancer"), (512, 512, 96), (0.78, 0.78, 2.5)),
+        ),
+        PaperSizeDataset(
+            "msd_colon",
+            "512 x 512 x 100 CT at 0.78 x 0.78 x 5.0 mm (MSD Task10)",
+            "msd",
+            _msd("Task10_Colon", 2, ("background", "colon cancer primaries"), (512, 512, 100), (0.78, 0.78, 5.0)),
+        ),
+        PaperSizeDataset("busi", "500 x 600 grey ultrasound PNGs (BUSI, malignant)", "busi", _busi, {"n_folds": 0}),
+        PaperSizeDataset(
+            "spleen_slices",
+            "512 x 512 x 40 CT at 0.79 x 0.79 x 5 mm (MSD Task09) -> 384^2 slices",
+            "msd_slices",
+            _msd("Task09_Spleen", 2, ("background", "spleen"), (512, 512, 40), (0.79, 0.79, 5.0)),
+            {"n_folds": 0},
+        ),
+        PaperSizeDataset(
+            "prostate_slices",
+            "320 x 320 x 20 x 2 MR at 0.6 x 0.6 x 3.6 mm (MSD Task05) -> T2 slices",
+            "msd_slices",
+            _msd("Task05_Prostate", 3, ("background", "PZ", "TZ"), (320, 320, 20), (0.6, 0.6, 3.6), n_channels=2),
+            {"n_folds": 0, "channels": [0], "binary": True, "label_names": {"1": "prostate"}},
+        ),
     )
 }
 
@@ -174,10 +211,21 @@ def write_paper_size_dataset(
         raise BadInputError(name, f"unknown paper-size dataset; available: {sorted(PAPER_SIZE_DATASETS)}")
     spec = PAPER_SIZE_DATASETS[name]
     dst = Path(dst)
-    want = {"name": name, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed, "volumes": volumes,
-            "size": list(size) if isinstance(size, (list, tuple)) else size,
-            "spec": [spec.description, spec.converter, getattr(spec.write_raw, "__qualname__", ""),
-                     json.dumps(spec.options, sort_keys=True)]}
+    want = {
+        "name": name,
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_test": n_test,
+        "seed": seed,
+        "volumes": volumes,
+        "size": list(size) if isinstance(size, (list, tuple)) else size,
+        "spec": [
+            spec.description,
+            spec.converter,
+            getattr(spec.write_raw, "__qualname__", ""),
+            json.dumps(spec.options, sort_keys=True),
+        ],
+    }
     stamp = dst / STAMP_NAME
     datalist = dst / "datalist.json"
     if stamp.is_file() and datalist.is_file() and json.loads(stamp.read_text()) == want:

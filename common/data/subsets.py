@@ -1,6 +1,7 @@
 """Label-efficient training subsets: a seeded random choice of N labelled training cases, recorded to a file.
 
-Used by TextDiff (paper §3: 5 MoNuSeg / 150 QaTa training images, "randomly selected"; bundles/textdiff/docs/sources.md §8 c) and by
+Used by TextDiff (paper §3: 5 MoNuSeg / 150 QaTa training images, "randomly selected"; bundles/textdiff/docs/sources.md
+§8 c) and by
 any bundle that trains on a few labelled images.
 """
 
@@ -21,7 +22,8 @@ def select_training_subset(
 ) -> list[dict]:
     """A seeded random subset of ``num_cases`` training cases (all if ``None``), in datalist order.
 
-    Which images the paper used is not released (bundles/textdiff/docs/sources.md §8 c); we draw them with Python's ``random.Random(seed)``
+    Which images the paper used is not released (bundles/textdiff/docs/sources.md §8 c); we draw them with Python's
+    ``random.Random(seed)``
     (seed 40 = the official default) from the datalist's ``training`` split and, if ``record_path`` is given,
     write the chosen case ids there (JSON) so a run can be reproduced and reported.
 
@@ -40,6 +42,12 @@ def select_training_subset(
         picked = sorted(random.Random(int(seed)).sample(range(len(cases)), n))
         chosen = [cases[i] for i in picked]
     if record_path is not None:
-        atomic_write_json(record_path, {"seed": seed, "num_cases": len(chosen),
-                                        "case_ids": [str(c.get("case_id", c.get("image"))) for c in chosen]})
+        atomic_write_json(
+            record_path,
+            {
+                "seed": seed,
+                "num_cases": len(chosen),
+                "case_ids": [str(c.get("case_id", c.get("image"))) for c in chosen],
+            },
+        )
     return chosen

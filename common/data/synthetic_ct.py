@@ -28,15 +28,22 @@ def _save(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
         nib.save(nib.Nifti1Image(arr, affine), tmp)
 
 
-def _affine(shape: tuple[int, ...], spacing: tuple[float, float, float], x_sign: int, rng: np.random.Generator) -> np.ndarray:
+def _affine(
+    shape: tuple[int, ...], spacing: tuple[float, float, float], x_sign: int, rng: np.random.Generator
+) -> np.ndarray:
     affine = np.diag([x_sign * spacing[0], -spacing[1], spacing[2], 1.0])
     affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0) + rng.uniform(-20.0, 20.0, 3)
     return affine
 
 
 def make_kits21_like(
-    dst: str | Path, n_labelled: int = 6, n_test: int = 1, shape_range: tuple[int, int] = (32, 40),
-    spacing: tuple[float, float, float] = (1.5, 1.5, 2.0), seed: int = 0, shape: tuple[int, int, int] | None = None,
+    dst: str | Path,
+    n_labelled: int = 6,
+    n_test: int = 1,
+    shape_range: tuple[int, int] = (32, 40),
+    spacing: tuple[float, float, float] = (1.5, 1.5, 2.0),
+    seed: int = 0,
+    shape: tuple[int, int, int] | None = None,
 ) -> Path:
     """Write ``dst/data/case_XXXXX/...`` (see the module docstring); returns ``dst`` (the repository root)."""
     root = Path(dst)
@@ -57,8 +64,13 @@ def make_kits21_like(
 
 
 def make_lits_like(
-    dst: str | Path, n_labelled: int = 6, n_test: int = 2, shape_range: tuple[int, int] = (32, 40),
-    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5), seed: int = 0, shape: tuple[int, int, int] | None = None,
+    dst: str | Path,
+    n_labelled: int = 6,
+    n_test: int = 2,
+    shape_range: tuple[int, int] = (32, 40),
+    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5),
+    seed: int = 0,
+    shape: tuple[int, int, int] | None = None,
 ) -> Path:
     """Write the LiTS batch folders under ``dst`` (see the module docstring); returns ``dst``."""
     root = Path(dst)
@@ -79,7 +91,11 @@ def make_lits_like(
         label[liver] = 1
         if rng.uniform() < 0.8:
             r = max(1.6, 0.06 * float(n.min()))
-            tum_c = (liver_c[0], liver_c[1] + rng.uniform(-0.08, 0.08) * n[1], liver_c[2] + rng.uniform(-0.1, 0.1) * n[2])
+            tum_c = (
+                liver_c[0],
+                liver_c[1] + rng.uniform(-0.08, 0.08) * n[1],
+                liver_c[2] + rng.uniform(-0.1, 0.1) * n[2],
+            )
             label[_ellipsoid(grid, tum_c, (r, r, r)) & liver] = 2
         vol = np.where(body, 40.0, -1000.0).astype(np.float32)
         vol[label == 1], vol[label == 2] = 110.0, 60.0

@@ -1,7 +1,8 @@
 """Synthetic chest X-rays in LViT's QaTa-COV19 layout, with sentences that describe the generated lesions.
 
 :func:`make_qata_like` writes ``{Train,Val,Test}_Folder/{img,labelcol}`` + ``*_text.xlsx`` (or ``.csv``) as
-:mod:`common.data.converters.qata` reads them (bundles/textdiff/docs/sources.md §1.1, §1.3). Each image is an 8-bit grayscale
+:mod:`common.data.converters.qata` reads them (bundles/textdiff/docs/sources.md §1.1, §1.3). Each image is an 8-bit
+grayscale
 "radiograph": bright body, two dark lung fields, smooth noise; COVID-like opacities are brighter blurred blobs
 inside chosen lung zones, and the mask (0/255, ``mask_<name>.png``) is their union. The sentence follows LViT's
 QaTa wording: "<Unilateral|Bilateral> pulmonary infection, <n> infected area(s), <zone> <side> lung[ and ...]."
@@ -70,7 +71,12 @@ def _case(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, 
 
 
 def make_qata_like(
-    dst: str | Path, n_train: int = 6, n_val: int = 2, n_test: int = 2, size: int = 64, seed: int = 0,
+    dst: str | Path,
+    n_train: int = 6,
+    n_val: int = 2,
+    n_test: int = 2,
+    size: int = 64,
+    seed: int = 0,
     text_format: str = "xlsx",
 ) -> list[SyntheticCXRCase]:
     """Write a synthetic LViT-layout QaTa dataset under ``dst``; return the cases' ground truth.
@@ -85,8 +91,11 @@ def make_qata_like(
         raise ValueError(f"text_format must be 'xlsx' or 'csv', got {text_format!r}")
     dst = Path(dst)
     cases = []
-    for folder, prefix, n, offset in (("Train_Folder", "Train", n_train, 0), ("Val_Folder", "Val", n_val, 10_000),
-                                      ("Test_Folder", "Test", n_test, 20_000)):
+    for folder, prefix, n, offset in (
+        ("Train_Folder", "Train", n_train, 0),
+        ("Val_Folder", "Val", n_val, 10_000),
+        ("Test_Folder", "Test", n_test, 20_000),
+    ):
         if n == 0:
             continue
         rows = []

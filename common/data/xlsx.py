@@ -1,7 +1,8 @@
 """Minimal reader/writer of simple .xlsx tables (first sheet, text/number cells) with the standard library only.
 
 LViT ships its per-image text annotations as ``{Train,Val,Test}_text.xlsx`` (one sheet, header ``Image |
-Description``; bundles/textdiff/docs/sources.md §1.1), which the official code reads with ``pandas.read_excel`` (+ openpyxl). Neither
+Description``; bundles/textdiff/docs/sources.md §1.1), which the official code reads with ``pandas.read_excel`` (+
+openpyxl). Neither
 is a dependency of this project, and an .xlsx file is a zip archive of XML parts (ECMA-376), so this module reads
 the first worksheet with :mod:`zipfile` + :mod:`xml.etree.ElementTree`: shared strings, inline strings, numbers and
 booleans; formulas give their cached value. Not supported (raise or ignored): dates as dates (read as numbers),
@@ -22,9 +23,11 @@ from common.io.atomic import atomic_path
 
 __all__ = ["read_xlsx_rows", "read_xlsx_table", "write_xlsx_table"]
 
-_NS = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
-       "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
-       "rel": "http://schemas.openxmlformats.org/package/2006/relationships"}
+_NS = {
+    "m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+    "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
+    "rel": "http://schemas.openxmlformats.org/package/2006/relationships",
+}
 _CELL_REF = re.compile(r"([A-Z]+)(\d+)")
 
 
@@ -156,14 +159,19 @@ def write_xlsx_table(path: str | PathLike, header: Sequence[str], rows: Sequence
             '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
             '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
             '<Default Extension="xml" ContentType="application/xml"/>'
-            '<Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>'
-            '<Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>'
-            '<Override PartName="/xl/sharedStrings.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/>'
+            '<Override PartName="/xl/workbook.xml" '
+            'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>'
+            '<Override PartName="/xl/worksheets/sheet1.xml" '
+            'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>'
+            '<Override PartName="/xl/sharedStrings.xml" '
+            'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/>'
             "</Types>"
         ),
         "_rels/.rels": (
             f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Relationships xmlns="{_NS["rel"]}">'
-            '<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/>'
+            '<Relationship Id="rId1" '
+            'Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" '
+            'Target="xl/workbook.xml"/>'
             "</Relationships>"
         ),
         "xl/workbook.xml": (
@@ -172,13 +180,18 @@ def write_xlsx_table(path: str | PathLike, header: Sequence[str], rows: Sequence
         ),
         "xl/_rels/workbook.xml.rels": (
             f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Relationships xmlns="{_NS["rel"]}">'
-            '<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/>'
-            '<Relationship Id="rId2" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/sharedStrings" Target="sharedStrings.xml"/>'
+            '<Relationship Id="rId1" '
+            'Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" '
+            'Target="worksheets/sheet1.xml"/>'
+            '<Relationship Id="rId2" '
+            'Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/sharedStrings" '
+            'Target="sharedStrings.xml"/>'
             "</Relationships>"
         ),
         "xl/worksheets/sheet1.xml": (
             f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><worksheet xmlns="{m}"><sheetData>'
-            + "".join(sheet_rows) + "</sheetData></worksheet>"
+            + "".join(sheet_rows)
+            + "</sheetData></worksheet>"
         ),
         "xl/sharedStrings.xml": (
             f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><sst xmlns="{m}" count="{len(strings)}" '

@@ -2,10 +2,12 @@
 
 The four bundles report (see the specs, "metrics" sections):
 
-- TextDiff (bundles/textdiff/docs/sources.md §6) and cDAL 2D (bundles/cdal/docs/sources.md §6): per-image foreground Dice and IoU ("mIoU" is the foreground
+- TextDiff (bundles/textdiff/docs/sources.md §6) and cDAL 2D (bundles/cdal/docs/sources.md §6): per-image foreground
+Dice and IoU ("mIoU" is the foreground
   IoU, not a class mean), averaged over images.
 - cDAL Hippo (bundles/cdal/docs/sources.md §6): per-class Dice (anterior, posterior), background excluded.
-- TextDiffSeg (bundles/textdiffseg/docs/sources.md §5): per-case Dice (and NSD), empty label & empty prediction -> Dice 1.
+- TextDiffSeg (bundles/textdiffseg/docs/sources.md §5): per-case Dice (and NSD), empty label & empty prediction -> Dice
+1.
 - DiffBoost (bundles/diffboost/docs/sources.md §6): per-case Dice, Jaccard, HD95 (in mm, with the voxel spacing).
 
 This module computes the common part, Dice / IoU / HD95 of every foreground class of one case, with MONAI:
@@ -113,7 +115,8 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
 def binarize(probability: ArrayLike, threshold: float = 0.5) -> np.ndarray:
     """Foreground mask of a probability map: ``probability > threshold`` (strictly greater).
 
-    Strictly greater matches the bundles' rules: argmax over two softmax channels (TextDiff, bundles/textdiff/docs/sources.md §6) is
+    Strictly greater matches the bundles' rules: argmax over two softmax channels (TextDiff,
+    bundles/textdiff/docs/sources.md §6) is
     ``p_fg > 0.5`` and ``torch.round`` of an ensemble mean (cDAL, bundles/cdal/docs/sources.md §6) rounds 0.5 down to 0.
 
     Args:

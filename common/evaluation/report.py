@@ -611,7 +611,11 @@ class SegmentationEvaluation:
     def run(self) -> dict[str, Any]:
         """Evaluate all cases; returns the summary (also written to ``output_dir/metrics_summary.json``)."""
         return evaluate_cases(
-            self.cases(), self.num_classes, self.output_dir, class_names=self.class_names, overlay=self.overlay,
+            self.cases(),
+            self.num_classes,
+            self.output_dir,
+            class_names=self.class_names,
+            overlay=self.overlay,
             label_mapping=self.label_mapping,
         )
 

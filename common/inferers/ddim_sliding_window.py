@@ -61,7 +61,6 @@ class LatentSegmentationDiffusion(Protocol):
     def decode_probabilities(self, z_0: torch.Tensor) -> torch.Tensor: ...
 
 
-
 def _repeat_condition(condition: Any, times: int) -> Any:
     """Repeat every tensor of a (nested) condition ``times`` times along the batch dim (sample-major blocks)."""
     if times == 1:
@@ -155,7 +154,9 @@ class DDIMSlidingWindowInferer(SamplingInferer):
     def _standardise(z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.layer_norm(z, z.shape[1:])
 
-    def sample_latents(self, net: Any, condition: Any, batch: int, spatial: Sequence[int], device: torch.device) -> torch.Tensor:
+    def sample_latents(
+        self, net: Any, condition: Any, batch: int, spatial: Sequence[int], device: torch.device
+    ) -> torch.Tensor:
         """Run the reverse chain for ``batch`` latents of a window of size ``spatial``; returns z_0 (batch, k, ...)."""
         z = self._noise((batch, *net.latent_shape(spatial)), device)
         if self.standardise_latent:
@@ -183,7 +184,9 @@ class DDIMSlidingWindowInferer(SamplingInferer):
         var = foreground_variance(probs, sample_dim=1, channel_dim=2)  # bundles/README.md "Outputs"; 0 when S = 1
         return mean, var
 
-    def sample(self, inputs: torch.Tensor, network: torch.nn.Module, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, inputs: torch.Tensor, network: torch.nn.Module, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             inputs: (B, C, *spatial) image(s); any size (padded to ``roi_size`` where smaller).
@@ -195,9 +198,14 @@ class DDIMSlidingWindowInferer(SamplingInferer):
             (B, N, *spatial) mean class probabilities and (B, 1, *spatial) uncertainty, stitched over the windows.
         """
         net = unwrap_network(network)
-        missing = [m for m in ("condition", "latent_shape", "predict_noise", "decode_probabilities") if not hasattr(net, m)]
+        missing = [
+            m for m in ("condition", "latent_shape", "predict_noise", "decode_probabilities") if not hasattr(net, m)
+        ]
         if missing:
-            raise TypeError(f"{type(net).__name__} lacks {missing} (see common.inferers.ddim_sliding_window.LatentSegmentationDiffusion)")
+            raise TypeError(
+                f"{type(net).__name__} lacks {missing} (see "
+                "common.inferers.ddim_sliding_window.LatentSegmentationDiffusion)"
+            )
         roi = (self.roi_size,) * (inputs.ndim - 2) if isinstance(self.roi_size, int) else tuple(self.roi_size)
         if inputs.ndim != len(roi) + 2:
             raise BadInputError(

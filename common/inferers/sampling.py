@@ -102,12 +102,18 @@ class SamplingInferer(Inferer):
         gen.manual_seed(self.seed)
         return gen
 
-    def sample(self, inputs: torch.Tensor, network: torch.nn.Module, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, inputs: torch.Tensor, network: torch.nn.Module, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, *spatial) -> (probabilities (B, N, *spatial), uncertainty (B, 1, *spatial)) over the S samples."""
         raise NotImplementedError(f"{type(self).__name__} must implement sample()")
 
     def __call__(  # type: ignore[override]
-        self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, return_uncertainty: bool | None = None,
+        self,
+        inputs: torch.Tensor,
+        network: torch.nn.Module,
+        *args: Any,
+        return_uncertainty: bool | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
         if args:

@@ -25,7 +25,18 @@ from common.errors import MAX_LISTED, BadInputError, format_list, short_message
 from common.io.images import check_file_exists
 from common.networks.utils import unwrap_network
 
-__all__ = ["extract_state_dict", "load_state_dict_file", "convert_generative_state_dict", "register_checkpoint_converter", "get_checkpoint_converter", "available_checkpoint_converters", "load_checkpoint", "describe_state_dict_mismatch", "unwrap_network", "load_network_weights"]
+__all__ = [
+    "extract_state_dict",
+    "load_state_dict_file",
+    "convert_generative_state_dict",
+    "register_checkpoint_converter",
+    "get_checkpoint_converter",
+    "available_checkpoint_converters",
+    "load_checkpoint",
+    "describe_state_dict_mismatch",
+    "unwrap_network",
+    "load_network_weights",
+]
 
 _CONVERTERS: dict[str, Callable[..., Path]] = {}
 
@@ -52,7 +63,8 @@ def extract_state_dict(obj: object, source: str | PathLike, key: str | None = No
         nested = [k for k in STATE_DICT_KEYS if isinstance(obj.get(k), Mapping)]
         if not nested:
             raise BadInputError(
-                source, f"no weights found: top-level keys {sorted(obj)[:10]} hold no tensors and none of {STATE_DICT_KEYS}"
+                source,
+                f"no weights found: top-level keys {sorted(obj)[:10]} hold no tensors and none of {STATE_DICT_KEYS}",
             )
         obj = obj[nested[0]]
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -91,7 +103,9 @@ def convert_generative_state_dict(
         BadInputError: ``network`` has no ``load_old_state_dict``, keys are left over on either side, or shapes differ.
     """
     if not hasattr(network, "load_old_state_dict"):
-        raise BadInputError(source, f"{type(network).__name__} has no load_old_state_dict: not a monai-generative network")
+        raise BadInputError(
+            source, f"{type(network).__name__} has no load_old_state_dict: not a monai-generative network"
+        )
     remaining = dict(old_state_dict)
     n_old, n_new = len(remaining), len(network.state_dict())
     try:
@@ -282,7 +296,8 @@ def load_network_weights(
         state = ckpt
     else:
         raise BadInputError(
-            src, f"checkpoint has no {key!r} entry (found {format_list(sorted(map(str, ckpt)))}) and is not a state dict"
+            src,
+            f"checkpoint has no {key!r} entry (found {format_list(sorted(map(str, ckpt)))}) and is not a state dict",
         )
     if not _is_state_dict(state):
         raise BadInputError(src, f"checkpoint entry {key!r} is not a state dict of tensors")

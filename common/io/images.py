@@ -17,7 +17,6 @@ from common.errors import BadInputError, short_message
 __all__ = ["check_file_exists", "check_image_file"]
 
 
-
 # ----------------------------------------------------------------------------------------------------------- files
 def check_file_exists(path: str | PathLike, what: str = "file") -> Path:
     """Check that ``path`` is an existing, non-empty regular file; returns it as a ``Path``.
@@ -101,6 +100,7 @@ def check_image_file(path: str | PathLike, what: str = "image") -> tuple[int, ..
     except Exception as e:
         raise BadInputError(
             p,
-            f"cannot read the {what} file with the {fmt} reader ({short_message(e)}); the file is truncated or corrupt, "
+            f"cannot read the {what} file with the {fmt} reader ({short_message(e)}); the file is truncated or "
+            "corrupt, "
             "re-export or re-download it",
         ) from e

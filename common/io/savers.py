@@ -14,7 +14,14 @@ from monai.transforms import SaveImage, SaveImaged
 
 from common.io.atomic import atomic_path
 
-__all__ = ["atomic_writer_class", "AtomicNibabelWriter", "AtomicITKWriter", "AtomicPILWriter", "AtomicSaveImage", "AtomicSaveImaged"]
+__all__ = [
+    "atomic_writer_class",
+    "AtomicNibabelWriter",
+    "AtomicITKWriter",
+    "AtomicPILWriter",
+    "AtomicSaveImage",
+    "AtomicSaveImaged",
+]
 
 _ATOMIC_WRITERS: dict[type, type] = {}
 

@@ -217,9 +217,7 @@ class TextCrossAttention(nn.Module):
             qkv_bias=qkv_bias,
         )
 
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             x: (B, C, *spatial) feature map.
@@ -306,9 +304,7 @@ class TextConditionedTransformerBlock(nn.Module):
         else:
             raise ValueError(f"feed_forward must be 'mlp' or 'gelu_linear', got {feed_forward!r}.")
 
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             x: (B, C, *spatial) feature map.

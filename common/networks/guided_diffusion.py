@@ -4,7 +4,8 @@ MONAI's :class:`~monai.networks.nets.DiffusionModelUNet` has the same layout as 
 MLP, levels of ResBlocks (+ self-attention), ResBlock up/down-sampling with ``resblock_updown``, an attention middle
 block, output head), but its ResBlocks *add* the time embedding, while ADM checkpoints trained with
 ``use_scale_shift_norm=True`` (e.g. ``256x256_diffusion_uncond.pt``, TextDiff's frozen image encoder) *scale and
-shift* the normalised features with it (FiLM: ``GN(h) * (1 + s) + b``; bundles/textdiff/docs/sources.md §2.1, §9). Instead of a second
+shift* the normalised features with it (FiLM: ``GN(h) * (1 + s) + b``; bundles/textdiff/docs/sources.md §2.1, §9).
+Instead of a second
 UNet implementation this module
 
 * subclasses MONAI's ResBlock (:class:`ScaleShiftResnetBlock`: ``time_emb_proj`` -> ``2 * out_channels``, FiLM in
@@ -18,7 +19,8 @@ UNet implementation this module
   points of diffusion-feature methods (TextDiff, ddpm-segmentation);
 * registers ``tools/convert_checkpoint.py textdiff`` (official ADM checkpoint -> ``{"model": MONAI state dict}``).
 
-Remaining differences to ADM (bundles/textdiff/docs/sources.md §9): ADM's ``GroupNorm32`` computes in fp32 under fp16 and its attention softmax
+Remaining differences to ADM (bundles/textdiff/docs/sources.md §9): ADM's ``GroupNorm32`` computes in fp32 under fp16
+and its attention softmax
 is fp32 -- run the MONAI net under ``torch.autocast(float16)`` (group_norm/softmax are on autocast's fp32 list), not
 with ``.half()`` weights; dropout (0.1 in ADM) is absent (irrelevant in eval mode).
 """
@@ -64,7 +66,8 @@ ADM_256_UNCOND: dict = {
     "attention_resolutions": (32, 16, 8),
     "num_head_channels": 64,
 }
-"""guided-diffusion flags of ``256x256_diffusion_uncond.pt`` (552,814,086 parameters; bundles/textdiff/docs/sources.md §2.1)."""
+"""guided-diffusion flags of ``256x256_diffusion_uncond.pt`` (552,814,086 parameters; bundles/textdiff/docs/sources.md
+§2.1)."""
 
 ADM_256_UNCOND_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
 
@@ -158,7 +161,8 @@ def adm_unet(
     random_residuals: bool = False,
     frozen: bool = False,
 ) -> DiffusionModelUNet:
-    """A MONAI ``DiffusionModelUNet`` with ADM's architecture and scale-shift ResBlocks (bundles/textdiff/docs/sources.md §9).
+    """A MONAI ``DiffusionModelUNet`` with ADM's architecture and scale-shift ResBlocks
+    (bundles/textdiff/docs/sources.md §9).
 
     Arguments are guided-diffusion's ``create_model`` flags (defaults: ``256x256_diffusion_uncond.pt``, see
     :data:`ADM_256_UNCOND`; ``use_scale_shift_norm=True``, ``resblock_updown=True``, ``learn_sigma`` via
@@ -217,7 +221,8 @@ def _unet_layout(unet: DiffusionModelUNet) -> tuple[list[int], list[bool], int]:
 def adm_to_monai_names(unet: DiffusionModelUNet) -> dict[str, tuple[str, str]]:
     """Module-prefix map ``{ADM prefix: (MONAI prefix, kind)}``, kind in {"res", "attn", "conv", "linear", "norm"}.
 
-    Follows ADM's ``UNetModel.__init__`` (bundles/textdiff/docs/sources.md §9 table): ``input_blocks`` = [conv_in] + per level
+    Follows ADM's ``UNetModel.__init__`` (bundles/textdiff/docs/sources.md §9 table): ``input_blocks`` = [conv_in] + per
+    level
     (ResBlock[, Attention]) x num_res_blocks + a down ResBlock between levels; ``middle_block`` = Res, Attn, Res;
     ``output_blocks`` = per level from the deepest (ResBlock[, Attention]) x (num_res_blocks + 1), the last one of a
     level ending with an up ResBlock (sub-index 2 with attention, else 1) except at the top level.
@@ -286,13 +291,18 @@ def adm_key_pairs(unet: DiffusionModelUNet) -> list[tuple[str, str, str]]:
     for adm_prefix in sorted(names, key=_adm_sort_key):
         monai_prefix, kind = names[adm_prefix]
         if kind == "res":
-            pairs += [(f"{adm_prefix}.{a}.{p}", f"{monai_prefix}.{m}.{p}", "same")
-                      for a, m in _RES_SUBKEYS.items() for p in ("weight", "bias")]
+            pairs += [
+                (f"{adm_prefix}.{a}.{p}", f"{monai_prefix}.{m}.{p}", "same")
+                for a, m in _RES_SUBKEYS.items()
+                for p in ("weight", "bias")
+            ]
         elif kind == "attn":
             pairs += [(f"{adm_prefix}.norm.{p}", f"{monai_prefix}.norm.{p}", "same") for p in ("weight", "bias")]
             pairs += [(f"{adm_prefix}.qkv.{p}", f"{monai_prefix}.attn", "qkv") for p in ("weight", "bias")]
-            pairs += [(f"{adm_prefix}.proj_out.weight", f"{monai_prefix}.attn.out_proj.weight", "conv1d"),
-                      (f"{adm_prefix}.proj_out.bias", f"{monai_prefix}.attn.out_proj.bias", "same")]
+            pairs += [
+                (f"{adm_prefix}.proj_out.weight", f"{monai_prefix}.attn.out_proj.weight", "conv1d"),
+                (f"{adm_prefix}.proj_out.bias", f"{monai_prefix}.attn.out_proj.bias", "same"),
+            ]
         else:
             pairs += [(f"{adm_prefix}.{p}", f"{monai_prefix}.{p}", "same") for p in ("weight", "bias")]
     return pairs
@@ -351,8 +361,10 @@ def convert_adm_state_dict(
     if problems:
         raise BadInputError(
             source,
-            "not a guided-diffusion checkpoint of this architecture: " + "; ".join(problems)
-            + ". Build the UNet with the flags the checkpoint was trained with (common.networks.guided_diffusion.adm_unet; "
+            "not a guided-diffusion checkpoint of this architecture: "
+            + "; ".join(problems)
+            + ". Build the UNet with the flags the checkpoint was trained with "
+            "(common.networks.guided_diffusion.adm_unet; "
             "use_scale_shift_norm and resblock_updown must be True)",
         )
     return {k: out[k] for k in target}
@@ -388,7 +400,8 @@ def adm_output_block(unet: DiffusionModelUNet, index: int) -> nn.Module:
 
     ADM's ``output_blocks[i]`` is (ResBlock[, Attention][, up ResBlock]); its output is that of its last part:
     the level's ``upsampler`` for the last block of a level (not the top one), else ``attentions[r]`` on levels with
-    attention, else ``resnets[r]`` (bundles/textdiff/docs/sources.md §9; e.g. ADM-256: 6 -> ``up_blocks[2].attentions[0]``, 8 ->
+    attention, else ``resnets[r]`` (bundles/textdiff/docs/sources.md §9; e.g. ADM-256: 6 ->
+    ``up_blocks[2].attentions[0]``, 8 ->
     ``up_blocks[2].upsampler``, 12 -> ``up_blocks[4].resnets[0]``, 16 -> ``up_blocks[5].resnets[1]``).
     """
     k = 0

@@ -3,7 +3,8 @@
 The model zoo's ``monai.bundle verify_net_in_out`` and any caller that expects "a network that maps an image batch
 to a prediction" take a single ``nn.Module`` called as ``net(image)``. A diffusion bundle's
 ``network_def`` cannot be called that way: it needs timesteps, a noisy input, text embeddings or a latent code, and
-its prediction is the result of a sampling loop that lives in the bundle's ``inferer`` (bundles/README.md, "One interface"). :class:`InferenceNetwork` closes over both, so every bundle can expose
+its prediction is the result of a sampling loop that lives in the bundle's ``inferer`` (bundles/README.md, "One
+interface"). :class:`InferenceNetwork` closes over both, so every bundle can expose
 
 .. code-block:: json
 

@@ -88,7 +88,9 @@ class LabelAutoencoder(nn.Module):
             raise ValueError(f"latent_channels must be >= 1, got {latent_channels}.")
         channels = tuple(int(c) for c in channels)
         if any(c % norm_num_groups for c in channels):
-            raise ValueError(f"every width in channels {channels} must be divisible by norm_num_groups={norm_num_groups}.")
+            raise ValueError(
+                f"every width in channels {channels} must be divisible by norm_num_groups={norm_num_groups}."
+            )
         blocks = (num_res_blocks,) * len(channels) if isinstance(num_res_blocks, int) else tuple(num_res_blocks)
         no_attention = (False,) * len(channels)
         self.spatial_dims = spatial_dims

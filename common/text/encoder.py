@@ -142,9 +142,7 @@ def _load_local_folder(folder: Path):
 
 
 def _load_hub_id(model_id: str):
-    not_available = (
-        f"the text encoder '{model_id}' is neither a local folder nor in the local Hugging Face cache, and"
-    )
+    not_available = f"the text encoder '{model_id}' is neither a local folder nor in the local Hugging Face cache, and"
     try:
         return _from_pretrained(model_id, local_files_only=True)
     except OSError:

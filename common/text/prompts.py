@@ -17,7 +17,6 @@ from common.errors import BadInputError
 __all__ = ["token_counter", "resolve_texts", "check_text"]
 
 
-
 # ------------------------------------------------------------------------------------------------------------ text
 def token_counter(tokenizer: Any, add_special_tokens: bool = True) -> Callable[[str], int]:
     """A ``str -> int`` token counter from a Hugging Face tokenizer (counts special tokens such as [CLS]/[SEP])."""

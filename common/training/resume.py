@@ -285,7 +285,8 @@ class ResumableCheckpointer:
             for _, old in list_checkpoints(self.checkpoint_dir, self.file_prefix):
                 shutil.move(str(old), str(archive / old.name))
         self.logger.warning(
-            f"{path}: that run trained on other data ({then.get('cases')} case(s), now {now and now['cases']}): starting a new "
+            f"{path}: that run trained on other data ({then.get('cases')} case(s), now {now and now['cases']}): "
+            "starting a new "
             f"run instead of resuming it" + (f"; its checkpoints were moved to {archive}" if archive else "")
         )
         return True

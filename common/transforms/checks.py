@@ -37,14 +37,18 @@ from common.errors import BadInputError, format_list, short_message
 from common.io.images import check_file_exists, check_image_file
 from common.text.prompts import check_text
 
-__all__ = ["check_image_array", "check_geometry", "check_label", "check_loader_has_batches", "CheckedLoadImaged", "CheckImageLabeld", "CheckTextd"]
+__all__ = [
+    "check_image_array",
+    "check_geometry",
+    "check_label",
+    "check_loader_has_batches",
+    "CheckedLoadImaged",
+    "CheckImageLabeld",
+    "CheckTextd",
+]
 
 _CHUNK = 1 << 24  # elements per chunk for the exact (allocating) checks: 16M elements = 16 MB of bools
 _MAX_LISTED = 5  # how many offending keys/values a message lists
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------- arrays and values

@@ -51,7 +51,9 @@ class FillCaseIdd(MapTransform):
                 if isinstance(source, (list, tuple)) and source:
                     source = source[0]
                 if not isinstance(source, (str, PathLike)):
-                    raise BadInputError(f"{key}", f"no {key!r} and no file path under {self.source_key!r} to name the case")
+                    raise BadInputError(
+                        f"{key}", f"no {key!r} and no file path under {self.source_key!r} to name the case"
+                    )
                 d[key] = case_key(source)
         return d
 
@@ -112,7 +114,8 @@ class SplitUncertaintyd(MapTransform):
     from the configured number of classes, never guessed from the channel count alone:
 
     - ``C == num_classes + 1``: class probabilities ``(num_classes, ...)`` followed by the uncertainty
-      (:func:`common.inferers.sampling.foreground_variance`, the contract's definition); it is moved to ``uncertainty_key`` as ``(1, ...)``
+      (:func:`common.inferers.sampling.foreground_variance`, the contract's definition); it is moved to
+      ``uncertainty_key`` as ``(1, ...)``
       as float32, unscaled (saved as a float32 TIFF / NIfTI), and ``key`` keeps the first ``num_classes`` channels;
     - ``C == num_classes``: no uncertainty channel (e.g. the plain ``inferer`` MONAI Label calls): passes unchanged;
     - any other ``C``: :class:`~common.errors.BadInputError` naming the case and the key.
@@ -124,14 +127,19 @@ class SplitUncertaintyd(MapTransform):
         case_key: key of the case id used in messages (else the prediction's file name, else ``"?"``).
     """
 
-    def __init__(self, keys: str = "pred", num_classes: int | None = None, uncertainty_key: str = "uncertainty",
-                 case_key: str = "case_id") -> None:
+    def __init__(
+        self,
+        keys: str = "pred",
+        num_classes: int | None = None,
+        uncertainty_key: str = "uncertainty",
+        case_key: str = "case_id",
+    ) -> None:
         super().__init__(keys)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise BadInputError(
                 "SplitUncertaintyd",
                 f"num_classes must be the number of class channels (an int >= 1), got {num_classes!r}; set it in "
-                "the config (e.g. \"num_classes\": \"@network_def#num_classes\")",
+                'the config (e.g. "num_classes": "@network_def#num_classes")',
             )
         self.num_classes = num_classes
         self.uncertainty_key = uncertainty_key
@@ -174,8 +182,11 @@ class PathSafeSpacingd(_MonaiSpacingd):
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
         d = dict(data)
         prefixes = tuple(f"{k}_" for k in self.keys)
-        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes)
-                 and not isinstance(d[k], Mapping)}
+        aside = {
+            k: d.pop(k)
+            for k in list(d)
+            if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], Mapping)
+        }
         out = super().__call__(d, lazy=lazy)
         out.update(aside)
         return out

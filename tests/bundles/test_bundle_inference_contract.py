@@ -12,8 +12,12 @@ from common.utils.bundles import REPO_ROOT
 BUNDLES = REPO_ROOT / "bundles"
 
 # bundle -> (its old inference seed name or None, the seed it used before the top-level key existed)
-SEED_ALIASES = {"cdal": ("infer_seed", 0), "textdiffseg": ("sampling_seed", 0), "textdiff": ("noise_seed", 40),
-                "diffboost": (None, 3)}
+SEED_ALIASES = {
+    "cdal": ("infer_seed", 0),
+    "textdiffseg": ("sampling_seed", 0),
+    "textdiff": ("noise_seed", 40),
+    "diffboost": (None, 3),
+}
 
 
 def _parser(bundle: str, *configs: str) -> ConfigParser:
@@ -39,7 +43,9 @@ def test_inference_seed_is_top_level_and_the_old_name_is_an_alias(bundle):
         assert p.get_parsed_content(alias) == 9
 
 
-@pytest.mark.parametrize("bundle, ext", [("textdiff", ".tif"), ("cdal", "@uncertainty_ext"), ("textdiffseg", ".nii.gz")])
+@pytest.mark.parametrize(
+    "bundle, ext", [("textdiff", ".tif"), ("cdal", "@uncertainty_ext"), ("textdiffseg", ".nii.gz")]
+)
 def test_uncertainty_writer_is_unscaled_float32(bundle, ext):
     p = _parser(bundle, "inference.json")
     savers = [t for t in p["postprocessing"]["transforms"] if t.get("output_postfix") == "uncertainty"]

@@ -75,8 +75,14 @@ CASES = [
     ),
     # DiffBoost stage (b), the ControlNet fine-tune, with the same overlay (demo: a tiny random SD built in ckpt_dir)
     BundleCase(
-        "diffboost", "busi", {"controlnet_epochs": "1"}, "checkpoints_controlnet", "controlnet.pt",
-        train_config="train_controlnet.json", label="diffboost-controlnet", ignored_outputs=("feature_cache", "tiny_sd"),
+        "diffboost",
+        "busi",
+        {"controlnet_epochs": "1"},
+        "checkpoints_controlnet",
+        "controlnet.pt",
+        train_config="train_controlnet.json",
+        label="diffboost-controlnet",
+        ignored_outputs=("feature_cache", "tiny_sd"),
         model_key="controlnet",
     ),
 ]
@@ -88,11 +94,29 @@ def torchrun_command(case: BundleCase, datalist: Path, out: Path, **extra: str) 
     ``--tee 3`` makes torchrun prefix every line of rank r's output with ``[default<r>]:``.
     """
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-        "--tee", "3", "-m", "monai.bundle", "run",
-        "--config_file", case.configs, "--meta_file", "configs/metadata.json",
-        "--dataset_dir", str(datalist.parent), "--datalist", str(datalist),
-        "--output_dir", str(out / "eval"), "--ckpt_dir", str(out / "models"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--tee",
+        "3",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        case.configs,
+        "--meta_file",
+        "configs/metadata.json",
+        "--dataset_dir",
+        str(datalist.parent),
+        "--datalist",
+        str(datalist),
+        "--output_dir",
+        str(out / "eval"),
+        "--ckpt_dir",
+        str(out / "models"),
     ]
     for k, v in {**case.overrides, **extra}.items():
         cmd += [f"--{k}", v]
@@ -232,7 +256,9 @@ def test_torchrun_two_ranks_train(case: BundleCase, demo_datalists: dict[str, Pa
     assert {f for f in all_files(models) if not f.startswith(case.ignored_outputs)} == expected
     ckpt = torch.load(models / case.checkpoint_subdir / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1
-    assert not any(k.startswith("module.") for k in ckpt[case.model_key]), "DDP wrapper prefix leaked into the checkpoint"
+    assert not any(k.startswith("module.") for k in ckpt[case.model_key]), (
+        "DDP wrapper prefix leaked into the checkpoint"
+    )
     for name in (case.final_model, *case.extra_models):
         assert load_final_model(case, models / name, models) > 0
     # rank 0 alone reports: one process wrote TensorBoard event files (events.out.tfevents.<time>.<host>.<pid>.<n>)
@@ -261,8 +287,9 @@ def test_torchrun_resumes_after_kill(demo_datalists: dict[str, Path], tmp_path: 
         kill_group(proc)
     assert proc.returncode == -signal.SIGKILL, f"torchrun was not killed (exit {proc.returncode})"
     assert not (out / "models" / case.final_model).exists(), "the run finished before the kill: nothing to resume"
-    done = sorted(int(m.group(1)) for p in ckpt_dir.glob("checkpoint_epoch=*.pt")
-                  if (m := re.search(r"epoch=(\d+)\.pt$", p.name)))
+    done = sorted(
+        int(m.group(1)) for p in ckpt_dir.glob("checkpoint_epoch=*.pt") if (m := re.search(r"epoch=(\d+)\.pt$", p.name))
+    )
     assert done and done[-1] < max_epochs
     last = done[-1]
 

@@ -22,8 +22,9 @@ from common.utils.bundles import REPO_ROOT, bundle_scripts
 REPO = REPO_ROOT
 
 
-def build_on_meta(bundle: str, files: list[str], ident: str, overrides: dict[str, Any] | None = None,
-                  cpu_first: tuple[str, ...] = ()) -> torch.nn.Module:
+def build_on_meta(
+    bundle: str, files: list[str], ident: str, overrides: dict[str, Any] | None = None, cpu_first: tuple[str, ...] = ()
+) -> torch.nn.Module:
     """``ident`` of the merged shipped configs, instantiated on the meta device (``cpu_first`` ids on CPU before)."""
     from monai.bundle import ConfigParser
 
@@ -110,8 +111,12 @@ def _parser(bundle: str, files: list[str]) -> Any:
 
 @pytest.mark.parametrize(
     "overlay, name, classes",
-    [("kits21.json", "kits21", 4), ("lits.json", "lits", 3), ("pancreas.json", "msd_pancreas", 2),
-     ("colon.json", "msd_colon", 2)],
+    [
+        ("kits21.json", "kits21", 4),
+        ("lits.json", "lits", 3),
+        ("pancreas.json", "msd_pancreas", 2),
+        ("colon.json", "msd_colon", 2),
+    ],
 )
 def test_textdiffseg_overlays_select_their_dataset(overlay: str, name: str, classes: int) -> None:
     for config in CONFIGS:
@@ -126,8 +131,11 @@ def test_textdiffseg_pancreas_merges_tumour_into_pancreas_for_training_and_evalu
     the evaluation maps the ground truth the same way (else 'label value 2 is not below num_classes=2')."""
     with bundle_scripts("textdiffseg"):
         parser = _parser("textdiffseg", ["train.json", "pancreas.json"])
-        mapper = next(t for t in parser.get_parsed_content("train#preprocessing").transforms
-                      if type(t).__name__ == "MapLabelValued")
+        mapper = next(
+            t
+            for t in parser.get_parsed_content("train#preprocessing").transforms
+            if type(t).__name__ == "MapLabelValued"
+        )
         label = torch.tensor([[[[0, 1, 2, 2]]]])
         assert mapper({"label": label})["label"].flatten().tolist() == [0, 1, 1, 1]
         evaluation = _parser("textdiffseg", ["inference.json", "evaluate.json", "pancreas.json"])
@@ -162,16 +170,24 @@ def test_diffboost_segmenter_paper_size(config: str, overlay: list[str]) -> None
     assert n_params(net) == 2_742_830  # MONAI AttentionUnet, channels (16, 32, 64, 128, 128, 256)
 
 
-@pytest.mark.parametrize("overlay, ext, name", [("spleen.json", ".nii.gz", "spleen"),
-                                                ("prostate.json", ".nii.gz", "prostate")])
+@pytest.mark.parametrize(
+    "overlay, ext, name", [("spleen.json", ".nii.gz", "spleen"), ("prostate.json", ".nii.gz", "prostate")]
+)
 def test_diffboost_dataset_overlays(overlay: str, ext: str, name: str) -> None:
-    for configs in (["train.json", "train_controlnet.json"], ["train.json", "synthesize.json"], ["train.json"],
-                    ["inference.json"]):
+    for configs in (
+        ["train.json", "train_controlnet.json"],
+        ["train.json", "synthesize.json"],
+        ["train.json"],
+        ["inference.json"],
+    ):
         parser = _parser("diffboost", [*configs, overlay])
         assert parser.get_parsed_content("dataset_dir").endswith(name)
     inference = _parser("diffboost", ["inference.json", overlay])
     assert inference.get_parsed_content("output_ext") == ext and inference["class_name"] == name
-    assert _parser("diffboost", ["train.json", "train_controlnet.json", overlay]).get_parsed_content("controlnet_epochs") == 400
+    assert (
+        _parser("diffboost", ["train.json", "train_controlnet.json", overlay]).get_parsed_content("controlnet_epochs")
+        == 400
+    )
 
 
 def test_diffboost_controlnet_paper_size() -> None:
@@ -186,7 +202,8 @@ def test_diffboost_controlnet_paper_size() -> None:
     with torch.device("meta"):
         unet = UNet2DConditionModel(**sd_unet_config())
     assert n_params(unet) == 859_520_964
-    controlnet = build_on_meta("diffboost", ["train.json", "train_controlnet.json"], "network_def",
-                               {"sd_parts": SimpleNamespace(unet=unet)})
+    controlnet = build_on_meta(
+        "diffboost", ["train.json", "train_controlnet.json"], "network_def", {"sd_parts": SimpleNamespace(unet=unet)}
+    )
     assert n_params(controlnet) == 361_279_120
     assert controlnet.config.conditioning_embedding_out_channels == (16, 32, 96, 256)

@@ -22,16 +22,40 @@ from common.utils.bundles import REPO_ROOT, bundle_scripts
 REPO = REPO_ROOT
 HIPPOCAMPUS = REPO / "bundles" / "cdal" / "configs" / "hippocampus.json"
 
-SMALL_ADM = dict(image_size=32, in_channels=3, out_channels=6, model_channels=32, channel_mult=(1, 2),
-                 num_res_blocks=1, attention_resolutions=(16,), num_head_channels=16)
+SMALL_ADM = dict(
+    image_size=32,
+    in_channels=3,
+    out_channels=6,
+    model_channels=32,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(16,),
+    num_head_channels=16,
+)
 
-TINY_SD_UNET = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, norm_num_groups=8,
-                    attention_head_dim=4)
-TINY_SD_VAE = dict(in_channels=3, out_channels=3, block_out_channels=[8, 8, 16, 16],
-                   down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                   latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=64)
+TINY_SD_UNET = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    norm_num_groups=8,
+    attention_head_dim=4,
+)
+TINY_SD_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=[8, 8, 16, 16],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    latent_channels=4,
+    norm_num_groups=8,
+    layers_per_block=1,
+    sample_size=64,
+)
 
 CLINICAL_SENTENCES = (
     "The nuclei density in the upper right is high.",
@@ -48,10 +72,21 @@ def _count(module: torch.nn.Module) -> int:
 def test_adm_standin_config_is_textdiffs_paper_config_with_the_released_counts_and_names():
     cfg = S.adm_standin_config()
     train = json.loads((REPO / "bundles" / "textdiff" / "configs" / "train.json").read_text())
-    assert (cfg["image_size"], cfg["model_channels"], list(cfg["channel_mult"]), cfg["num_res_blocks"],
-            list(cfg["attention_resolutions"]), cfg["num_head_channels"]) == (
-        train["image_size"], train["unet_model_channels"], train["unet_channel_mult"], train["unet_num_res_blocks"],
-        train["unet_attention_resolutions"], train["unet_num_head_channels"])
+    assert (
+        cfg["image_size"],
+        cfg["model_channels"],
+        list(cfg["channel_mult"]),
+        cfg["num_res_blocks"],
+        list(cfg["attention_resolutions"]),
+        cfg["num_head_channels"],
+    ) == (
+        train["image_size"],
+        train["unet_model_channels"],
+        train["unet_channel_mult"],
+        train["unet_num_res_blocks"],
+        train["unet_attention_resolutions"],
+        train["unet_num_head_channels"],
+    )
     with torch.device("meta"):
         state = S.monai_to_adm_state_dict(adm_unet(**cfg))
     assert len(state) == S.ADM_TENSORS == 566
@@ -143,8 +178,18 @@ def test_clip_tokenizer_files_are_a_valid_49408_token_bpe_that_clip_tokenizer_lo
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.model_max_length) == (49406, 49407, 49407, 77)
     prompt = "A computerized tomography of a kidney tumor."
     pieces = tok.convert_ids_to_tokens(tok(prompt).input_ids)
-    assert pieces == ["<|startoftext|>", "a</w>", "computerized</w>", "tomography</w>", "of</w>", "a</w>",
-                      "kidney</w>", "tumor</w>", ".</w>", "<|endoftext|>"]
+    assert pieces == [
+        "<|startoftext|>",
+        "a</w>",
+        "computerized</w>",
+        "tomography</w>",
+        "of</w>",
+        "a</w>",
+        "kidney</w>",
+        "tumor</w>",
+        ".</w>",
+        "<|endoftext|>",
+    ]
     decoded = tok.decode(tok(prompt).input_ids, skip_special_tokens=True)
     assert decoded == "a computerized tomography of a kidney tumor ."
     padded = tok(["Kidney, CT,best quality, extremely detailed"], padding="max_length", max_length=77).input_ids
@@ -160,14 +205,26 @@ def test_bert_vocab_has_bert_cased_layout_and_clinical_sentences_have_no_unk(tmp
     vocab = S.bert_standin_vocab()
     assert len(vocab) == len(set(vocab)) == S.BERT_VOCAB_SIZE == 28_996
     assert [vocab[i] for i in (0, 1, 99, 100, 101, 102, 103)] == [
-        "[PAD]", "[unused1]", "[unused99]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        "[PAD]",
+        "[unused1]",
+        "[unused99]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+    ]
     folder = S.write_bert_tokenizer(tmp_path / "bert")
     assert (folder / "vocab.txt").read_text(encoding="utf-8").splitlines() == vocab
     assert json.loads((folder / "tokenizer_config.json").read_text())["do_lower_case"] is False
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     assert len(tok) == 28_996
     assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id) == (
-        0, 100, 101, 102, 103)
+        0,
+        100,
+        101,
+        102,
+        103,
+    )
     for sentence in CLINICAL_SENTENCES:
         ids = tok(sentence).input_ids
         assert tok.unk_token_id not in ids
@@ -187,9 +244,9 @@ def test_monai_to_adm_fuses_qkv_in_the_legacy_head_order():
     ch, heads = 16, int(attn.num_heads)
     assert qkv.shape == (3 * 64, 64, 1) and heads == 4
     for h in range(heads):  # QKVAttentionLegacy: rows of head h are [q_h; k_h; v_h]
-        rows = qkv[h * 3 * ch:(h + 1) * 3 * ch, :, 0]
+        rows = qkv[h * 3 * ch : (h + 1) * 3 * ch, :, 0]
         for j, lin in enumerate((attn.to_q, attn.to_k, attn.to_v)):
-            assert torch.equal(rows[j * ch:(j + 1) * ch], lin.weight[h * ch:(h + 1) * ch])
+            assert torch.equal(rows[j * ch : (j + 1) * ch], lin.weight[h * ch : (h + 1) * ch])
     back = convert_adm_state_dict(adm, unet)
     assert all(torch.equal(back[k], v) for k, v in unet.state_dict().items())
 
@@ -275,11 +332,17 @@ def test_hed_standin_uses_the_annotator_key_names_and_loads_with_from_file(tmp_p
 def test_bert_writer_folder_loads_through_frozen_text_encoder(tmp_path, caplog):
     from common.text.encoder import FrozenTextEncoder
 
-    small = {**S.bert_standin_config(), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64}
+    small = {
+        **S.bert_standin_config(),
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    }
     folder = S.write_bert_standin(tmp_path / "Bio_ClinicalBERT", seed=0, config=small)
     assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "STANDIN"} <= {
-        p.name for p in folder.iterdir()}
+        p.name for p in folder.iterdir()
+    }
     assert json.loads((folder / "config.json").read_text())["model_type"] == "bert"
     with caplog.at_level(logging.WARNING, logger="common.standins"):
         encoder = FrozenTextEncoder(name_or_path=folder)
@@ -289,10 +352,17 @@ def test_bert_writer_folder_loads_through_frozen_text_encoder(tmp_path, caplog):
 
 
 def test_sd_writer_folder_loads_through_load_sd_parts_and_make_controlnet(tmp_path, caplog):
-    text = {**S.sd_text_encoder_config(), "hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
-            "num_hidden_layers": 2, "projection_dim": 32}
-    folder = S.write_sd_standin(tmp_path / "sd", seed=0, unet_config=TINY_SD_UNET, vae_config=TINY_SD_VAE,
-                                text_encoder_config=text)
+    text = {
+        **S.sd_text_encoder_config(),
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "projection_dim": 32,
+    }
+    folder = S.write_sd_standin(
+        tmp_path / "sd", seed=0, unet_config=TINY_SD_UNET, vae_config=TINY_SD_VAE, text_encoder_config=text
+    )
     assert json.loads((folder / "model_index.json").read_text()) == S.sd_model_index()
     assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text()) == S.sd_scheduler_config()
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
@@ -338,8 +408,11 @@ def test_make_standins_skips_complete_parts_and_rewrites_incomplete_or_forced_on
 
 
 def test_cli_rejects_unknown_parts_and_writes_the_chosen_ones(tmp_path, capsys):
-    r = subprocess.run([sys.executable, str(REPO / "tools" / "make_standins.py"), str(tmp_path), "--parts", "bogus"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "make_standins.py"), str(tmp_path), "--parts", "bogus"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "unknown part" in r.stderr
     from tools import make_standins as cli
 

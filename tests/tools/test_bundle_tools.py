@@ -47,25 +47,54 @@ def test_fixture_bundle_is_valid(capsys):
     [
         (lambda b: (b / "LICENSE").unlink(), r"layout: .*missing LICENSE"),
         (lambda b: (b / "configs" / "demo.json").unlink(), r"layout: .*missing configs/demo.json"),
-        (lambda b: (b / "configs" / "metadata.json").write_text("{not json"), r"metadata: .*metadata.json: not valid JSON"),
-        (lambda b: _edit_json(b / "configs" / "metadata.json", lambda m: m.pop("network_data_format")),
-         r"metadata: .*'network_data_format' is a required property"),
-        (lambda b: _edit_json(b / "configs" / "metadata.json", lambda m: m.update(version="0.2.0")),
-         r"metadata: .*version '0.2.0' is not a key of changelog"),
-        (lambda b: _edit_json(b / "configs" / "inference.json", lambda c: c.update(inferer="@sliding_inferer")),
-         r"configs: .*inference.json: reference\(s\) to missing id\(s\) 'inferer' -> '@sliding_inferer'"),
-        (lambda b: _edit_json(b / "configs" / "train.json", lambda c: c.pop("dataset_dir")),
-         r"configs: .*train.json: missing contract key\(s\) \['dataset_dir'\]"),
-        (lambda b: _edit_json(b / "configs" / "demo.json", lambda c: c.update({"train#nothing#here": 1})),
-         r"configs: .*merged with configs/demo.json"),
-        (lambda b: _edit_json(b / "configs" / "metadata.json",
-                              lambda m: m["network_data_format"]["outputs"]["pred"].update(num_channels=3)),
-         r"network: .*gave output \(1, 2, 64, 64\), metadata says \(1, 3, 64, 64\)"),
-        (lambda b: _edit_json(b / "configs" / "inference.json", lambda c: c["network_def"].update(channels=[8])),
-         r"network: .*network_def does not instantiate"),
+        (
+            lambda b: (b / "configs" / "metadata.json").write_text("{not json"),
+            r"metadata: .*metadata.json: not valid JSON",
+        ),
+        (
+            lambda b: _edit_json(b / "configs" / "metadata.json", lambda m: m.pop("network_data_format")),
+            r"metadata: .*'network_data_format' is a required property",
+        ),
+        (
+            lambda b: _edit_json(b / "configs" / "metadata.json", lambda m: m.update(version="0.2.0")),
+            r"metadata: .*version '0.2.0' is not a key of changelog",
+        ),
+        (
+            lambda b: _edit_json(b / "configs" / "inference.json", lambda c: c.update(inferer="@sliding_inferer")),
+            r"configs: .*inference.json: reference\(s\) to missing id\(s\) 'inferer' -> '@sliding_inferer'",
+        ),
+        (
+            lambda b: _edit_json(b / "configs" / "train.json", lambda c: c.pop("dataset_dir")),
+            r"configs: .*train.json: missing contract key\(s\) \['dataset_dir'\]",
+        ),
+        (
+            lambda b: _edit_json(b / "configs" / "demo.json", lambda c: c.update({"train#nothing#here": 1})),
+            r"configs: .*merged with configs/demo.json",
+        ),
+        (
+            lambda b: _edit_json(
+                b / "configs" / "metadata.json",
+                lambda m: m["network_data_format"]["outputs"]["pred"].update(num_channels=3),
+            ),
+            r"network: .*gave output \(1, 2, 64, 64\), metadata says \(1, 3, 64, 64\)",
+        ),
+        (
+            lambda b: _edit_json(b / "configs" / "inference.json", lambda c: c["network_def"].update(channels=[8])),
+            r"network: .*network_def does not instantiate",
+        ),
     ],
-    ids=["no-license", "no-demo", "bad-json", "no-data-format", "version-not-in-changelog", "dangling-ref",
-         "missing-contract-key", "demo-does-not-merge", "wrong-output-channels", "network-fails"],
+    ids=[
+        "no-license",
+        "no-demo",
+        "bad-json",
+        "no-data-format",
+        "version-not-in-changelog",
+        "dangling-ref",
+        "missing-contract-key",
+        "demo-does-not-merge",
+        "wrong-output-channels",
+        "network-fails",
+    ],
 )
 def test_broken_bundles_are_rejected_with_clear_messages(bundle_copy, breakage, expected, capsys):
     breakage(bundle_copy)
@@ -93,27 +122,40 @@ def test_packaged_bundle_runs_without_this_repository(tmp_path):
     dest, zip_path = package_bundle(FIXTURE, tmp_path / "pkg")
     meta = json.loads((dest / "configs" / "metadata.json").read_text())
     used = meta["packaged_common"]["modules_used"]
-    assert {"common", "common.transforms.checks", "common.data.datalist", "common.training.resume", "common.evaluation.report",
-            "common.io.atomic", "common.errors"} <= set(used)
+    assert {
+        "common",
+        "common.transforms.checks",
+        "common.data.datalist",
+        "common.training.resume",
+        "common.evaluation.report",
+        "common.io.atomic",
+        "common.errors",
+    } <= set(used)
     assert "common.text.encoder" not in used  # the scan follows imports
     # ...but the whole package travels: one MONAI Label process serves several bundles with the first `common`
     carried = meta["packaged_common"]["modules"]
     assert set(used) < set(carried) and "common.text.encoder" in carried
-    assert all((dest / Path(*m.split("."))).with_suffix(".py").is_file() or (dest / Path(*m.split(".")) / "__init__.py").is_file()
-               for m in carried)
+    assert all(
+        (dest / Path(*m.split("."))).with_suffix(".py").is_file()
+        or (dest / Path(*m.split(".")) / "__init__.py").is_file()
+        for m in carried
+    )
     assert meta["monai_version"].startswith("1.6") and meta["pytorch_version"].startswith("2.")
     assert {"pytorch-ignite", "nibabel", "pillow"} <= set(meta["required_packages_version"])
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
     assert zip_path.name == "tiny_seg_bundle_v0.1.0.zip"
-    assert all(n.startswith("tiny_seg_bundle/") for n in names) and "tiny_seg_bundle/common/transforms/checks.py" in names
+    assert (
+        all(n.startswith("tiny_seg_bundle/") for n in names) and "tiny_seg_bundle/common/transforms/checks.py" in names
+    )
 
     make_monuseg_like(tmp_path / "raw", n_train=4, n_test=1, size=64, seed=0)
     datalist = get_converter("monuseg").convert(tmp_path / "raw", tmp_path / "data", seed=0)
     code = (
         "from monai.bundle import run\n"
         f"run(config_file=['configs/train.json', 'configs/demo.json'], meta_file='configs/metadata.json',"
-        f" logging_file='configs/logging.conf', datalist={str(datalist)!r}, max_epochs=1, ckpt_dir={str(tmp_path / 'ck')!r},"
+        f" logging_file='configs/logging.conf', datalist={str(datalist)!r}, max_epochs=1, "
+        f"ckpt_dir={str(tmp_path / 'ck')!r},"
         f" output_dir={str(tmp_path / 'out')!r})\n"
         "import common; print('COMMON_FROM', common.__file__)\n"
     )
@@ -129,9 +171,19 @@ def test_packaged_bundle_runs_without_this_repository(tmp_path):
 @pytest.mark.slow
 def test_demo_trains_infers_and_evaluates_the_fixture_bundle(tmp_path):
     r = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "demo.py"), "--bundles-dir", str(FIXTURE.parent),
-         "--bundles", "tiny_seg_bundle", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "tools" / "demo.py"),
+            "--bundles-dir",
+            str(FIXTURE.parent),
+            "--bundles",
+            "tiny_seg_bundle",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (res,) = json.loads((tmp_path / "summary.json").read_text())
@@ -168,8 +220,9 @@ def test_weights_over_the_size_limit_go_to_large_files_yml(bundle_copy, tmp_path
     models.mkdir(exist_ok=True)
     (models / "big.pt").write_bytes(b"x" * 300_000)
     (models / "small.pt").write_bytes(b"y" * 1_000)
-    dest, zip_path = package_bundle(bundle_copy, tmp_path / "pkg", large_file_mb=0.1,
-                                    large_files_url="https://example.org/weights/")
+    dest, zip_path = package_bundle(
+        bundle_copy, tmp_path / "pkg", large_file_mb=0.1, large_files_url="https://example.org/weights/"
+    )
     with zipfile.ZipFile(zip_path) as zf:
         names = set(zf.namelist())
     assert "tiny_seg_bundle/models/small.pt" in names and "tiny_seg_bundle/models/big.pt" not in names
@@ -197,11 +250,18 @@ def test_listed_large_files_keep_their_url_and_training_state_is_not_packaged(bu
     (models / "pretrained.pt").write_bytes(b"w" * 300_000)
     (bundle_copy / "large_files.yml").write_text(
         "# official parts\nlarge_files:\n  - path: models/pretrained.pt\n    url: https://example.org/official.pt\n"
-        "    hash_val: null\n    hash_type: sha256\n")
+        "    hash_val: null\n    hash_type: sha256\n"
+    )
     dest, zip_path = package_bundle(bundle_copy, tmp_path / "pkg", large_file_mb=0.1, large_files_url="https://x.org/")
     listed = yaml.safe_load((dest / "large_files.yml").read_text())["large_files"]
-    assert listed == [{"path": "models/pretrained.pt", "url": "https://example.org/official.pt",
-                       "hash_val": hashlib.sha256(b"w" * 300_000).hexdigest(), "hash_type": "sha256"}]
+    assert listed == [
+        {
+            "path": "models/pretrained.pt",
+            "url": "https://example.org/official.pt",
+            "hash_val": hashlib.sha256(b"w" * 300_000).hexdigest(),
+            "hash_type": "sha256",
+        }
+    ]
     assert (dest / "large_files.yml").read_text().startswith("# official parts")
     assert not (dest / "models" / "checkpoints").exists() and not (dest / "models" / "previous_run_1").exists()
     with zipfile.ZipFile(zip_path) as zf:

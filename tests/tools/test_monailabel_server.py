@@ -32,13 +32,25 @@ pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
 def test_real_monailabel_server_serves_every_bundle(tmp_path: Path) -> None:
     venv = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel"))
     if not (venv / "bin" / "monailabel").is_file():
-        pytest.fail(f"{venv}/bin/monailabel not found: run `bash tools/setup_monailabel_env.sh` (or set MONAILABEL_VENV)")
+        pytest.fail(
+            f"{venv}/bin/monailabel not found: run `bash tools/setup_monailabel_env.sh` (or set MONAILABEL_VENV)"
+        )
     weights = os.environ.get("MONAILABEL_WEIGHTS", str(REPO / "demo_output"))
     work = tmp_path / "check"
     r = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "monailabel_check.py"), "--venv", str(venv), "--work", str(work),
-         "--weights-from", weights],
-        capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            str(REPO / "tools" / "monailabel_check.py"),
+            "--venv",
+            str(venv),
+            "--work",
+            str(work),
+            "--weights-from",
+            weights,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert r.returncode == 0, f"{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
     report = json.loads((work / "report.json").read_text())

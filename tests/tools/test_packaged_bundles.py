@@ -11,7 +11,8 @@ hooks exclude this repository (``import common`` must come from the package):
 * ``monai.bundle.verify_metadata`` against the JSON schema carried in the package;
 * every config combination a user runs is read and parsed (``ConfigParser.parse``), and ``train#trainer``,
   ``network_def`` and ``inferer`` instantiate;
-* ``monai.bundle.verify_net_in_out`` on ``inference_network`` (``common.networks.inference_network.InferenceNetwork``: the
+* ``monai.bundle.verify_net_in_out`` on ``inference_network`` (``common.networks.inference_network.InferenceNetwork``:
+the
   bundle's ``inferer(image, network)`` behind ``forward(image)``, section I of the conventions spec), with the demo
   override and a demo-size input;
 * ``python -m monai.bundle run`` of ``inference.json`` + ``demo.json`` on the test split writes one segmentation
@@ -40,7 +41,8 @@ from tools.package_bundle import package_bundle  # noqa: E402
 pytestmark = pytest.mark.slow
 
 #: train.json overrides for instantiating the trainer on the 3-case demo split (cDAL: drop_last with batch 4 > 3
-#: cases is a named error, see common.transforms.checks.check_loader_has_batches; DiffBoost: stage (d) needs the synthesis
+# : cases is a named error, see common.transforms.checks.check_loader_has_batches; DiffBoost: stage (d) needs the
+# synthesis
 #: stage's images unless it trains the baseline)
 TRAIN_OVERRIDES = {"cdal": {"batch_size": 2}, "diffboost": {"use_synthetic": False}}
 
@@ -90,8 +92,14 @@ def _write_demo_weights(bundle: Path) -> None:
         "import os; os.makedirs('models', exist_ok=True)\n"
         "torch.save({'model': net.state_dict()}, 'models/model.pt')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], cwd=bundle, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -166,9 +174,20 @@ def test_package_carries_common_weights_and_pins(name: str, packages) -> None:
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
     assert all(n.startswith(f"{name}/") for n in names)
-    for f in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/multi_gpu_train.json",
-              "configs/logging.conf", "docs/README.md", "LICENSE", "large_files.yml", "models/model.pt",
-              "common/__init__.py", "common/networks/inference_network.py", "common/schemas/bundle_metadata_schema.json"):
+    for f in (
+        "configs/metadata.json",
+        "configs/inference.json",
+        "configs/train.json",
+        "configs/multi_gpu_train.json",
+        "configs/logging.conf",
+        "docs/README.md",
+        "LICENSE",
+        "large_files.yml",
+        "models/model.pt",
+        "common/__init__.py",
+        "common/networks/inference_network.py",
+        "common/schemas/bundle_metadata_schema.json",
+    ):
         assert f"{name}/{f}" in names, f"{f} missing from {zip_path.name}"
     req = meta["required_packages_version"]
     assert {"einops", "nibabel", "pytorch-ignite"} <= set(req)

@@ -8,7 +8,8 @@ Opt-in (hours on 2 cores, ~8 GB of stand-in weights, up to ~20 GB of memory)::
 ``/tmp/diffseg_standins``), ``PAPER_SCALE_OUT`` the output folder (default a temporary one). The work is
 ``tools/paper_scale_check.py``: every bundle x paper dataset, training for 2 iterations at the paper's batch size (or
 the largest that fits) and inference on one full-size case, each record measured. The fast part of this check (every
-shipped network built with the official parameter counts) is ``tests/bundles/test_paper_scale_networks.py``, in the default
+shipped network built with the official parameter counts) is ``tests/bundles/test_paper_scale_networks.py``, in the
+default
 suite.
 """
 
@@ -33,16 +34,32 @@ def test_every_shipped_config_runs_at_paper_size(tmp_path: Path) -> None:
     standins = Path(os.environ.get("PAPER_SCALE_STANDINS", "/tmp/diffseg_standins"))
     out = Path(os.environ.get("PAPER_SCALE_OUT", tmp_path / "paper_scale"))
     r = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "paper_scale_check.py"), "--standins", str(standins), "--out", str(out),
-         "--make-standins"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(REPO / "tools" / "paper_scale_check.py"),
+            "--standins",
+            str(standins),
+            "--out",
+            str(out),
+            "--make-standins",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     records = json.loads((out / "paper_scale.json").read_text())
     expected = {
-        ("textdiff", "monuseg"), ("textdiff", "qata"), ("cdal", "monuseg"), ("cdal", "cxr"), ("cdal", "hippocampus"),
-        ("textdiffseg", "kits21"), ("textdiffseg", "lits"), ("textdiffseg", "msd_pancreas"),
-        ("textdiffseg", "msd_colon"), ("diffboost", "busi"), ("diffboost", "spleen_slices"),
+        ("textdiff", "monuseg"),
+        ("textdiff", "qata"),
+        ("cdal", "monuseg"),
+        ("cdal", "cxr"),
+        ("cdal", "hippocampus"),
+        ("textdiffseg", "kits21"),
+        ("textdiffseg", "lits"),
+        ("textdiffseg", "msd_pancreas"),
+        ("textdiffseg", "msd_colon"),
+        ("diffboost", "busi"),
+        ("diffboost", "spleen_slices"),
         ("diffboost", "prostate_slices"),
     }
     assert {(r["bundle"], r["dataset"]) for r in records} == expected
@@ -66,9 +83,15 @@ def test_validate_bundle_at_paper_scale_without_demo(bundle: str) -> None:
     if not (standins / "Bio_ClinicalBERT" / "STANDIN").is_file():
         subprocess.run([sys.executable, str(REPO / "tools" / "make_standins.py"), str(standins)], check=True)
     r = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "validate_bundle.py"), str(REPO / "bundles" / bundle),
-         "--standins", str(standins)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(REPO / "tools" / "validate_bundle.py"),
+            str(REPO / "bundles" / bundle),
+            "--standins",
+            str(standins),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "[PASS] network" in r.stdout and f"VALID: {REPO / 'bundles' / bundle}" in r.stdout

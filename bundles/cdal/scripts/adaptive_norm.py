@@ -2,7 +2,8 @@
 
 A random latent ``z ~ N(0, I)`` is mapped to a style vector (``PixelNorm -> Linear -> SiLU -> n x [Linear -> SiLU]``)
 that sets the per-channel scale and shift of a non-affine GroupNorm in every residual block. DDGAN introduced this
-to make each few-step denoising distribution multimodal; cDAL uses it unchanged (bundles/cdal/docs/sources.md §2.4, paper §2.3 eq 3).
+to make each few-step denoising distribution multimodal; cDAL uses it unchanged (bundles/cdal/docs/sources.md §2.4,
+paper §2.3 eq 3).
 
 Why hand-written: MONAI's diffusion blocks hard-code an affine ``nn.GroupNorm`` (``DiffusionUNetResnetBlock``) and
 SPADE modulates by a spatial map, not by a vector; neither fits.
@@ -37,7 +38,8 @@ class PixelNorm(nn.Module):
 
 
 def latent_mapping_network(nz: int, z_emb_dim: int, n_mlp: int = 3) -> nn.Sequential:
-    """``PixelNorm -> Linear(nz, z_emb) -> SiLU -> n_mlp x [Linear(z_emb, z_emb) -> SiLU]`` : ``[B, nz] -> [B, z_emb]``."""
+    """``PixelNorm -> Linear(nz, z_emb) -> SiLU -> n_mlp x [Linear(z_emb, z_emb) -> SiLU]`` : ``[B, nz] -> [B,
+    z_emb]``."""
     if nz < 1 or z_emb_dim < 1 or n_mlp < 0:
         raise ValueError(f"latent mapping needs nz >= 1, z_emb_dim >= 1, n_mlp >= 0 (got {nz}, {z_emb_dim}, {n_mlp})")
     layers: list[nn.Module] = [PixelNorm(), default_dense(nz, z_emb_dim), nn.SiLU()]

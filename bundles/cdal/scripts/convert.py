@@ -1,4 +1,5 @@
-"""The authors' cDAL generator checkpoints -> this bundle's ``CDALGenerator`` weights (``tools/convert_checkpoint.py cdal``).
+"""The authors' cDAL generator checkpoints -> this bundle's ``CDALGenerator`` weights (``tools/convert_checkpoint.py
+cdal``).
 
 The official generator (``score_sde/models/ncsnpp_generator_adagn.py``, class ``NCSNpp``) keeps its layers in one flat
 ``nn.ModuleList`` (``all_modules.<i>.*``) plus the mapping network ``z_transform.*``; checkpoints saved from
@@ -51,7 +52,7 @@ def official_key_map(network: torch.nn.Module) -> dict[str, str]:
             continue
         for prefix, i in prefix_index:
             if key.startswith(prefix):
-                rest = key[len(prefix):]
+                rest = key[len(prefix) :]
                 wrapped = prefix.startswith("image_encoder.blocks.")
                 mapping[key] = f"all_modules.{i}." + ("0." if wrapped else "") + rest
                 break
@@ -72,7 +73,7 @@ def convert_official_generator_state_dict(
         raise BadInputError(source, f"{type(network).__name__} is not a CDALGenerator (no official_module_order)")
     sd = dict(official)
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     mapping = official_key_map(network)
     ours = network.state_dict()
     renamed = {k: sd[o] for k, o in mapping.items() if o in sd}  # official tensors under our names
@@ -89,7 +90,8 @@ def convert_official_generator_state_dict(
     if problems:
         raise BadInputError(
             source,
-            "checkpoint does not fit this generator configuration: " + ", ".join(problems)
+            "checkpoint does not fit this generator configuration: "
+            + ", ".join(problems)
             + ". Build the network with the checkpoint's dataset config (e.g. --override configs/cxr.json)",
         )
     return {k: v.detach().clone().to(ours[k].dtype) for k, v in renamed.items()}
@@ -129,9 +131,14 @@ def convert_cdal(args: argparse.Namespace) -> Path:
 def _cdal_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--src", required=True, help="official generator checkpoint (netG_*.pth, DDP 'module.' keys ok)")
     p.add_argument("--dst", required=True, help="output .pt holding {'model': state_dict}")
-    p.add_argument("--network", default=str(BUNDLE_ROOT / "configs" / "inference.json") + "#network_def",
-                   help="bundle config holding the generator definition (default: cdal inference.json#network_def)")
-    p.add_argument("--override", nargs="*", default=[], help="dataset override configs, e.g. bundles/cdal/configs/cxr.json")
+    p.add_argument(
+        "--network",
+        default=str(BUNDLE_ROOT / "configs" / "inference.json") + "#network_def",
+        help="bundle config holding the generator definition (default: cdal inference.json#network_def)",
+    )
+    p.add_argument(
+        "--override", nargs="*", default=[], help="dataset override configs, e.g. bundles/cdal/configs/cxr.json"
+    )
     p.add_argument("--key", default=None, help="top-level key holding the weights in --src (auto-detected if omitted)")
 
 

@@ -1,6 +1,7 @@
 """FIR up/down-sampling of 2D feature maps in pure PyTorch (StyleGAN2 ``upfirdn2d`` and the ops built on it).
 
-NCSN++ / DDGAN (and so the cDAL generator and discriminator, bundles/cdal/docs/sources.md §2.1 "FIR resampling kernel [1,3,3,1]")
+NCSN++ / DDGAN (and so the cDAL generator and discriminator, bundles/cdal/docs/sources.md §2.1 "FIR resampling kernel
+[1,3,3,1]")
 resample feature maps with a separable FIR filter through ``upfirdn2d``: upsample by zero insertion, pad, filter,
 downsample by striding. The official implementations call a CUDA extension JIT-compiled at import
 (``score_sde/op/upfirdn2d.cpp``), which does not run on CPU. This module re-implements the same operator with
@@ -77,14 +78,18 @@ def upfirdn2d(
     return F.conv2d(x, weight, stride=down, groups=c)
 
 
-def fir_upsample_2d(x: torch.Tensor, taps: Sequence[float] = (1, 3, 3, 1), factor: int = 2, gain: float = 1.0) -> torch.Tensor:
+def fir_upsample_2d(
+    x: torch.Tensor, taps: Sequence[float] = (1, 3, 3, 1), factor: int = 2, gain: float = 1.0
+) -> torch.Tensor:
     """``[N, C, H, W]`` -> ``[N, C, H*factor, W*factor]`` with the FIR filter (StyleGAN2 ``upsample_2d``)."""
     k = setup_fir_kernel(taps, x.device) * (gain * factor**2)
     p = k.shape[0] - factor
     return upfirdn2d(x, k, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
 
 
-def fir_downsample_2d(x: torch.Tensor, taps: Sequence[float] = (1, 3, 3, 1), factor: int = 2, gain: float = 1.0) -> torch.Tensor:
+def fir_downsample_2d(
+    x: torch.Tensor, taps: Sequence[float] = (1, 3, 3, 1), factor: int = 2, gain: float = 1.0
+) -> torch.Tensor:
     """``[N, C, H, W]`` -> ``[N, C, H//factor, W//factor]`` with the FIR filter (StyleGAN2 ``downsample_2d``)."""
     k = setup_fir_kernel(taps, x.device) * gain
     p = k.shape[0] - factor
@@ -112,7 +117,8 @@ def fir_conv_downsample_2d(
 def variance_scaling_uniform_(tensor: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """DDPM / score_sde ``default_init``: uniform variance scaling, ``fan_avg`` mode (``scale`` 0 -> 1e-10).
 
-    ``fan_in = shape[1] * receptive field``, ``fan_out = shape[0] * receptive field``; bound = sqrt(3 * scale / fan_avg).
+    ``fan_in = shape[1] * receptive field``, ``fan_out = shape[0] * receptive field``; bound = sqrt(3 * scale /
+    fan_avg).
     """
     scale = 1e-10 if scale == 0 else scale
     shape = tensor.shape
@@ -135,7 +141,9 @@ class FIRConvDownsample2d(nn.Module):
     Input ``[N, in_channels, H, W]`` -> output ``[N, out_channels, H/2, W/2]``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, fir_kernel: Sequence[float] = (1, 3, 3, 1)) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, fir_kernel: Sequence[float] = (1, 3, 3, 1)
+    ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")

@@ -1,9 +1,11 @@
-"""cDAL inference: T-step sampling from noise, N samples, mean, threshold, per-pixel variance (bundles/cdal/docs/sources.md §6).
+"""cDAL inference: T-step sampling from noise, N samples, mean, threshold, per-pixel variance
+(bundles/cdal/docs/sources.md §6).
 
 :class:`CDALInferer` is the bundle's ``inferer``: a callable ``inferer(image, network)`` as MONAI Label and
 ``SupervisedEvaluator`` call it. It holds everything of the sampling loop (schedule, N, seed, tiling):
 
-- 2D (``[B, C, H, W]``): optional resize of the image to ``resize_to`` (MoNuSeg: 512, bundles/cdal/docs/sources.md §1.1), then
+- 2D (``[B, C, H, W]``): optional resize of the image to ``resize_to`` (MoNuSeg: 512, bundles/cdal/docs/sources.md
+§1.1), then
   ``monai.inferers.SlidingWindowInferer(roi_size, overlap=0)`` -- with 512 and roi 256 exactly the official 4
   non-overlapping tiles -- whose predictor draws the N samples of each tile; stitched maps are resized back to the
   input size (bilinear), so the mask is at the input's resolution.
@@ -129,8 +131,9 @@ class CDALInferer(SamplingInferer):
             raise BadInputError(src, f"network {type(g).__name__} is not a cDAL generator (needs nz, label_channels)")
         if image.shape[1] != g.image_channels:
             raise BadInputError(
-                src, f"image has {image.shape[1]} channel(s), the generator expects {g.image_channels} "
-                f"(shape {tuple(image.shape)}, channel first)"
+                src,
+                f"image has {image.shape[1]} channel(s), the generator expects {g.image_channels} "
+                f"(shape {tuple(image.shape)}, channel first)",
             )
         if not torch.isfinite(image).all():
             raise BadInputError(src, "image contains NaN or inf values")

@@ -1,9 +1,11 @@
 """cDAL networks: the NCSN++-AdaGN generator x_theta(x_t, t, I, z) and the time-conditioned discriminator.
 
-bundles/cdal/docs/sources.md §2 (generator) and §3.1 (discriminator); official code ``score_sde/models/ncsnpp_generator_adagn.py``,
+bundles/cdal/docs/sources.md §2 (generator) and §3.1 (discriminator); official code
+``score_sde/models/ncsnpp_generator_adagn.py``,
 ``layerspp.py``, ``discriminator.py`` (DDGAN). Written by hand because MONAI has no equivalent: MONAI's
 ``DiffusionModelUNet`` has no latent-z path (AdaGN) and no additive image branch, and its discriminators are not
-time-conditioned (bundles/cdal/docs/sources.md §9). The layer internals keep the official parameter names (``GroupNorm_0.style``,
+time-conditioned (bundles/cdal/docs/sources.md §9). The layer internals keep the official parameter names
+(``GroupNorm_0.style``,
 ``Conv_0``, ``Dense_0``, ``NIN_0.W``, ...) so :mod:`scripts.convert` maps the authors' checkpoints by position.
 
 FIR resampling is the pure-PyTorch :mod:`scripts.fir` (the official code needs a CUDA extension).
@@ -77,7 +79,8 @@ class NIN(nn.Module):
 
 
 class AttnBlockpp(nn.Module):
-    """Single-head self-attention over all pixels, residual ``(x + h) / sqrt(2)`` (bundles/cdal/docs/sources.md §2.2; not z/t-conditioned).
+    """Single-head self-attention over all pixels, residual ``(x + h) / sqrt(2)`` (bundles/cdal/docs/sources.md §2.2;
+    not z/t-conditioned).
 
     ``[B, C, H, W] -> [B, C, H, W]``; scaled dot-product attention with scale ``C^-1/2``.
     """
@@ -101,9 +104,11 @@ class AttnBlockpp(nn.Module):
 
 
 class ResnetBlockBigGANAdaGN(nn.Module):
-    """BigGAN-style ResBlock with adaptive GroupNorm (z) for both norms and a time bias (bundles/cdal/docs/sources.md §2.4).
+    """BigGAN-style ResBlock with adaptive GroupNorm (z) for both norms and a time bias (bundles/cdal/docs/sources.md
+    §2.4).
 
-    ``AdaGN -> SiLU -> (FIR up/down) -> conv3x3 -> + Dense(SiLU(temb)) -> AdaGN -> SiLU -> dropout -> conv3x3 (~0 init)``;
+    ``AdaGN -> SiLU -> (FIR up/down) -> conv3x3 -> + Dense(SiLU(temb)) -> AdaGN -> SiLU -> dropout -> conv3x3 (~0
+    init)``;
     skip: (FIR up/down) -> 1x1 conv when channels change or resampling; output ``(skip + h) / sqrt(2)``.
 
     Forward: ``x [B, in, H, W]``, ``temb [B, temb_dim]``, ``zemb [B, zemb_dim]`` -> ``[B, out, H', W']``.
@@ -154,7 +159,8 @@ class ResnetBlockBigGANAdaGN(nn.Module):
 
 
 class ResBlockEncoder(nn.Module):
-    """Image-encoder block (bundles/cdal/docs/sources.md §2.3): ``GN -> SiLU -> conv3x3 -> GN -> SiLU -> dropout -> conv3x3 (zero init)``,
+    """Image-encoder block (bundles/cdal/docs/sources.md §2.3): ``GN -> SiLU -> conv3x3 -> GN -> SiLU -> dropout ->
+    conv3x3 (zero init)``,
     identity skip (no rescale), no t and no z. GroupNorm uses 32 groups (fewer when ``channels < 32``, for tiny demos).
     ``[B, C, H, W] -> [B, C, H, W]``."""
 
@@ -175,7 +181,8 @@ class ResBlockEncoder(nn.Module):
 
 class ImageEncoder(nn.Module):
     """Conditioning-image encoder at full resolution: ``conv3x3(image_ch -> nf)`` then ``num_blocks`` ResBlockEncoders.
-    ``[B, image_ch, H, W] -> [B, nf, H, W]`` (added to the stem feature of ``x_t``, bundles/cdal/docs/sources.md §2.3)."""
+    ``[B, image_ch, H, W] -> [B, nf, H, W]`` (added to the stem feature of ``x_t``, bundles/cdal/docs/sources.md
+    §2.3)."""
 
     def __init__(self, image_channels: int, num_channels: int, num_blocks: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -256,7 +263,9 @@ class CDALGenerator(nn.Module):
         order.append("input_conv")
 
         def block(in_ch: int, out_ch: int | None = None, **kw) -> ResnetBlockBigGANAdaGN:
-            return ResnetBlockBigGANAdaGN(in_ch, out_ch, temb_dim, z_emb_dim, dropout=dropout, fir_kernel=fir_kernel, **kw)
+            return ResnetBlockBigGANAdaGN(
+                in_ch, out_ch, temb_dim, z_emb_dim, dropout=dropout, fir_kernel=fir_kernel, **kw
+            )
 
         hs_c = [nf]
         in_ch = nf
@@ -315,7 +324,9 @@ class CDALGenerator(nn.Module):
         self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor, z: torch.Tensor | None = None
     ) -> torch.Tensor:
         if x_t.ndim != 4 or image.ndim != 4:
-            raise ValueError(f"CDALGenerator expects 2D batches [B, C, H, W]; got x_t {tuple(x_t.shape)}, image {tuple(image.shape)}")
+            raise ValueError(
+                f"CDALGenerator expects 2D batches [B, C, H, W]; got x_t {tuple(x_t.shape)}, image {tuple(image.shape)}"
+            )
         if x_t.shape[1] != self.label_channels or image.shape[1] != self.image_channels:
             raise ValueError(
                 f"CDALGenerator built for {self.label_channels} label and {self.image_channels} image channel(s); got "
@@ -325,7 +336,9 @@ class CDALGenerator(nn.Module):
             raise ValueError(f"x_t {tuple(x_t.shape)} and image {tuple(image.shape)} differ in spatial size")
         factor = 2 ** (self.num_levels - 1)
         if x_t.shape[-1] % factor or x_t.shape[-2] % factor:
-            raise ValueError(f"spatial size {tuple(x_t.shape[-2:])} must be a multiple of {factor} ({self.num_levels} levels)")
+            raise ValueError(
+                f"spatial size {tuple(x_t.shape[-2:])} must be a multiple of {factor} ({self.num_levels} levels)"
+            )
         b = x_t.shape[0]
         if z is None:
             z = torch.randn(b, self.nz, device=x_t.device, dtype=x_t.dtype)
@@ -386,8 +399,14 @@ class DownConvBlock(nn.Module):
     """DDGAN discriminator block: ``LReLU -> conv3x3 -> + Dense(temb) -> LReLU -> (FIR down of h and input) ->
     conv3x3 (~0 init)``; skip = 1x1 conv (no bias) of the (downsampled) input; ``(h + skip) / sqrt(2)``."""
 
-    def __init__(self, in_ch: int, out_ch: int, t_emb_dim: int, downsample: bool = False,
-                 fir_kernel: Sequence[float] = (1, 3, 3, 1)) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        t_emb_dim: int,
+        downsample: bool = False,
+        fir_kernel: Sequence[float] = (1, 3, 3, 1),
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(_dconv(in_ch, out_ch, 3))
         self.conv2 = nn.Sequential(_dconv(out_ch, out_ch, 3, init_scale=0.0))
@@ -406,7 +425,8 @@ class DownConvBlock(nn.Module):
 
 
 class CDALDiscriminator(nn.Module):
-    """Time-conditioned discriminator D(x_{t-1}, t, x_t) with a feature tap for the attention map (bundles/cdal/docs/sources.md §3.1).
+    """Time-conditioned discriminator D(x_{t-1}, t, x_t) with a feature tap for the attention map
+    (bundles/cdal/docs/sources.md §3.1).
 
     One network for all t (the paper's "one discriminator per step" is one t-conditioned network in the code).
     Input: ``concat(x_lo, x_hi)`` on channels (``2 * label_channels``); the image is never seen.
@@ -424,8 +444,15 @@ class CDALDiscriminator(nn.Module):
     (raw block outputs, no grad).
     """
 
-    def __init__(self, label_channels: int = 1, ngf: int = 64, t_emb_dim: int = 256, variant: str = "large",
-                 init_normal_std: float | None = 0.02, fir_kernel: Sequence[float] = (1, 3, 3, 1)) -> None:
+    def __init__(
+        self,
+        label_channels: int = 1,
+        ngf: int = 64,
+        t_emb_dim: int = 256,
+        variant: str = "large",
+        init_normal_std: float | None = 0.02,
+        fir_kernel: Sequence[float] = (1, 3, 3, 1),
+    ) -> None:
         super().__init__()
         if variant == "large":
             widths = [2 * ngf, 4 * ngf, 8 * ngf, 8 * ngf, 8 * ngf, 8 * ngf, 8 * ngf]
@@ -460,7 +487,8 @@ class CDALDiscriminator(nn.Module):
         smallest = 2 ** sum(b.downsample for b in self.blocks)
         if min(x_lo.shape[-2:]) < smallest:
             raise ValueError(
-                f"the {self.variant!r} discriminator downsamples {smallest}x: inputs need at least {smallest} pixels per "
+                f"the {self.variant!r} discriminator downsamples {smallest}x: inputs need at least {smallest} pixels "
+                "per "
                 f"side, got {tuple(x_lo.shape[-2:])} (use variant 'small' for small crops)"
             )
         temb = self.act(self.t_embed(t))
@@ -492,7 +520,8 @@ class CDALDiscriminator(nn.Module):
 def discriminator_attention_map(
     discriminator: nn.Module, x_lo: torch.Tensor, t: torch.Tensor, x_hi: torch.Tensor, layer: int
 ) -> torch.Tensor:
-    """Spatial attention map A_D (paper §2.2, bundles/cdal/docs/sources.md §3.2 exactly): channel mean of ``get_features(...)[layer]``,
+    """Spatial attention map A_D (paper §2.2, bundles/cdal/docs/sources.md §3.2 exactly): channel mean of
+    ``get_features(...)[layer]``,
     bilinearly upsampled (``align_corners=False``) to the label size; no abs, no normalisation.
 
     Returns ``[B, 1, H, W]`` (same ``H, W`` as ``x_lo``).

@@ -34,10 +34,14 @@ def vp_discretized_betas(
         raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
     if not 0 <= beta_min < beta_max:
         raise ValueError(f"need 0 <= beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
-    tau = torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps * (1.0 - eps_small) + eps_small
+    tau = (
+        torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps * (1.0 - eps_small) + eps_small
+    )
     abar = vp_alpha_bar(tau, beta_min, beta_max)
     return (1.0 - abar[1:] / abar[:-1]).to(torch.float32)
 
 
 if "cdal_vp" not in NoiseSchedules:
-    NoiseSchedules.add("cdal_vp", "DDGAN/cDAL few-step discretised VP schedule (beta_min, beta_max)", vp_discretized_betas)
+    NoiseSchedules.add(
+        "cdal_vp", "DDGAN/cDAL few-step discretised VP schedule (beta_min, beta_max)", vp_discretized_betas
+    )

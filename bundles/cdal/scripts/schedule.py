@@ -1,6 +1,7 @@
 """cDAL's few-step diffusion: MONAI ``DDPMScheduler`` on the registered ``cdal_vp`` schedule + the batched parts.
 
-bundles/cdal/docs/sources.md §2.6 / paper §2.1-2.3. Index convention (the official code's): the integer ``t in {0..T-1}`` denotes the
+bundles/cdal/docs/sources.md §2.6 / paper §2.1-2.3. Index convention (the official code's): the integer ``t in
+{0..T-1}`` denotes the
 pair (level ``t``, level ``t+1``) = paper (x_{t-1}, x_t); level 0 is the clean label up to a ``beta_0 = 1e-8``.
 
 What MONAI gives (used as is): ``DDPMScheduler(num_train_timesteps=T, schedule="cdal_vp", prediction_type="sample",
@@ -76,7 +77,11 @@ class CDALSchedule:
         return t
 
     def q_sample(
-        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Level ``t`` of ``x0``: ``sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (``[B, C, *spatial]``, ``t [B]``)."""
         if noise is None:

@@ -1,6 +1,7 @@
 """cDAL training iteration as a MONAI/ignite engine: discriminator step, then attention-guided generator step.
 
-Per iteration (bundles/cdal/docs/sources.md §3.3, §3.2, §4; paper §2.2, eq 4; official ``train_cDal_monu_and_lung.py`` steps I-III):
+Per iteration (bundles/cdal/docs/sources.md §3.3, §3.2, §4; paper §2.2, eq 4; official ``train_cDal_monu_and_lung.py``
+steps I-III):
 
 1. **D step**: ``t ~ U{0..T-1}``, ``(x_lo, x_hi) = q_sample_pairs(x0, t)``; real loss ``softplus(-D(x_lo, t, x_hi))``;
    R1 ``gamma/2 * E||grad_{x_lo} D||^2`` every ``lazy_reg`` global steps (every step when ``lazy_reg`` is 0/None;
@@ -61,8 +62,9 @@ def labels_to_signed(label: torch.Tensor, label_channels: int, source: str = "la
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= k:
         raise BadInputError(
-            source, f"label values {lo}..{hi} are outside 0..{k - 1}; set label_channels/num_classes to the number of "
-            "classes (binary masks must be 0/1)"
+            source,
+            f"label values {lo}..{hi} are outside 0..{k - 1}; set label_channels/num_classes to the number of "
+            "classes (binary masks must be 0/1)",
         )
     if label_channels == 1:
         return ids.float() * 2.0 - 1.0
@@ -74,7 +76,8 @@ class EMAUpdater:
     """Exponential moving average of a network's parameters kept in ``ema_network`` (a copy of it).
 
     ``ema = decay * ema + (1 - decay) * param`` after each generator step; buffers are copied. DDGAN's EMA
-    optimiser wrapper does the same (decay 0.999 for Hippocampus, bundles/cdal/docs/sources.md §4). The EMA network is what
+    optimiser wrapper does the same (decay 0.999 for Hippocampus, bundles/cdal/docs/sources.md §4). The EMA network is
+    what
     ``ResumableCheckpointer(final_model_key="ema")`` exports.
     """
 
@@ -242,7 +245,9 @@ class CDALTrainer(Trainer):
         }
 
 
-def make_ema(network: nn.Module, ema_network: nn.Module, decay: float = 0.999, enabled: bool = True) -> EMAUpdater | None:
+def make_ema(
+    network: nn.Module, ema_network: nn.Module, decay: float = 0.999, enabled: bool = True
+) -> EMAUpdater | None:
     """:class:`EMAUpdater` of ``network`` into ``ema_network`` when ``enabled`` (config helper), else ``None``."""
     return EMAUpdater(network, ema_network, decay) if enabled else None
 

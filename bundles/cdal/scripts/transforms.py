@@ -1,6 +1,7 @@
 """Bundle-specific transforms: torchvision-style colour jitter of RGB images in the 0-255 range.
 
-The official MoNuSeg pipeline (bundles/cdal/docs/sources.md §1.1) applies ``ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4,
+The official MoNuSeg pipeline (bundles/cdal/docs/sources.md §1.1) applies ``ColorJitter(brightness=0.4, contrast=0.4,
+saturation=0.4,
 hue=0.1)`` to the image only. MONAI has no colour jitter (and torchvision is not a dependency), so the four
 torchvision operations are re-implemented here on channel-first ``[3, H, W]`` float tensors in ``[0, max_value]``:
 
@@ -69,8 +70,17 @@ class RandColorJitterd(RandomizableTransform, MapTransform):
         prob: probability to apply.
     """
 
-    def __init__(self, keys: KeysCollection, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
-                 hue: float = 0.1, max_value: float = 255.0, prob: float = 1.0, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.4,
+        hue: float = 0.1,
+        max_value: float = 255.0,
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         if not 0 <= hue <= 0.5:

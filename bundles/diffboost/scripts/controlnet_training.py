@@ -1,4 +1,5 @@
-"""Stage (b): fine-tune the ControlNet on the task's training slices (bundles/diffboost/docs/sources.md §2.3; paper §III-C).
+"""Stage (b): fine-tune the ControlNet on the task's training slices (bundles/diffboost/docs/sources.md §2.3; paper
+§III-C).
 
 :class:`ControlNetIteration` is the ``iteration_update`` of a MONAI ``SupervisedTrainer`` whose ``network`` is the
 ControlNet: one step of the standard latent-diffusion epsilon loss with the frozen SD parts

@@ -1,4 +1,5 @@
-"""The HED weights the edge maps need (bundles/diffboost/docs/sources.md §1.2, §8): a missing file stops the run, no silent fallback.
+"""The HED weights the edge maps need (bundles/diffboost/docs/sources.md §1.2, §8): a missing file stops the run, no
+silent fallback.
 
 DiffBoost's ControlNet hint is ``clip(HED(image) + B(label), 0, 1)`` with the ControlNet annotator's HED network and
 its BSDS500 weights ``network-bsds500.pth`` (``scripts.edges``). The paper-scale configs (``train_controlnet.json``,
@@ -34,7 +35,8 @@ def require_hed_weights(path: str | PathLike | None) -> str | None:
         raise BadInputError(
             path,
             "HED weights file not found (network-bsds500.pth, the ControlNet annotator's BSDS500 HED used for the "
-            f"edge maps, bundles/diffboost/docs/sources.md §1.2): download it from {HED_WEIGHTS_URL} to this path (it is listed in the "
+            f"edge maps, bundles/diffboost/docs/sources.md §1.2): download it from {HED_WEIGHTS_URL} to this path (it "
+            "is listed in the "
             "bundle's large_files.yml) or set hed_weights to where it is; hed_weights null uses the Sobel "
             "fallback instead (not the paper's edges)",
         )

@@ -1,6 +1,7 @@
 """Edge maps for edge-conditioned generation (ControlNet hints): HED soft edges, a Sobel fallback, the label outline.
 
-DiffBoost (bundles/diffboost/docs/sources.md §1.2, code ``segmentation/preprocess/utils.py``) conditions its ControlNet on
+DiffBoost (bundles/diffboost/docs/sources.md §1.2, code ``segmentation/preprocess/utils.py``) conditions its ControlNet
+on
 
     edge = clip(HED(image) + B(label), 0, 1)
 
@@ -189,7 +190,8 @@ def sobel_edges(
 
 
 def label_outline(label: torch.Tensor, source: Any = "label") -> torch.Tensor:
-    """``B(label)``: where the label changes, from the complex 3x3 Scharr kernel (bundles/diffboost/docs/sources.md §1.2).
+    """``B(label)``: where the label changes, from the complex 3x3 Scharr kernel (bundles/diffboost/docs/sources.md
+    §1.2).
 
     ``|conv2d(label, [[-3-3j, -10j, 3-3j], [-10, 0, 10], [-3+3j, 10j, 3+3j]], boundary='symm')|`` clipped to [0, 1]:
     1 on both sides of every class boundary (~2 px wide), 0 elsewhere. With a 3x3 kernel, 'symm' padding equals

@@ -1,4 +1,5 @@
-"""Stage (d): segmentation training on real + synthetic slices with random patch mixing (bundles/diffboost/docs/sources.md §5.3; Alg. 1).
+"""Stage (d): segmentation training on real + synthetic slices with random patch mixing
+(bundles/diffboost/docs/sources.md §5.3; Alg. 1).
 
 The patch mask (paper §III-D): draw U(0, 1) on a (H/P) x (W/P) grid, set 1 where it is below alpha (1 = real), and
 upsample it (nearest) to H x W. alpha = 1 -> real only, alpha = 0 -> synthetic only; P = H -> a whole-image choice.

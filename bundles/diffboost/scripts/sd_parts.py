@@ -1,4 +1,5 @@
-"""Stable Diffusion v1.5 parts + ControlNet for DiffBoost (bundles/diffboost/docs/sources.md §2.1, §11.1), via diffusers.
+"""Stable Diffusion v1.5 parts + ControlNet for DiffBoost (bundles/diffboost/docs/sources.md §2.1, §11.1), via
+diffusers.
 
 - :func:`load_sd_parts` -- frozen VAE, UNet, CLIP text encoder + tokenizer and the DDPM training scheduler from a
   Hugging Face hub id (found in the local cache; nothing is downloaded unless ``local_files_only=False``) or from a

@@ -1,4 +1,5 @@
-"""Stage (c): offline synthesis of n images per real training slice (bundles/diffboost/docs/sources.md §2.4; paper §III-D, Alg. 1).
+"""Stage (c): offline synthesis of n images per real training slice (bundles/diffboost/docs/sources.md §2.4; paper
+§III-D, Alg. 1).
 
 :class:`ControlNetSampler` wraps diffusers' ``StableDiffusionControlNetPipeline`` with the authors' sampling recipe:
 DDIM (eta 0) with 20 steps, classifier-free guidance 9, control strength 1 on all residuals (the unconditional branch

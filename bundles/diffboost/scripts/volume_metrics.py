@@ -1,4 +1,5 @@
-"""Per-case 3D metrics of slice datalists (MSD spleen / prostate): the authors' evaluation unit (bundles/diffboost/docs/sources.md §6).
+"""Per-case 3D metrics of slice datalists (MSD spleen / prostate): the authors' evaluation unit
+(bundles/diffboost/docs/sources.md §6).
 
 The authors predict every positive slice of a case and evaluate the stack of those slices as ONE volume (Dice, HD95
 with the voxel spacing). :class:`VolumeEvaluation` does that from the per-slice predictions written by inference:
@@ -82,7 +83,9 @@ class VolumeEvaluation:
             p = self.pred_dir / f"{stem}{self.pred_postfix}{ext}"
             if p.is_file():
                 return p
-        raise BadInputError(f"case {entry['case_id']}", f"no prediction '{stem}{self.pred_postfix}.<ext>' in {self.pred_dir}")
+        raise BadInputError(
+            f"case {entry['case_id']}", f"no prediction '{stem}{self.pred_postfix}.<ext>' in {self.pred_dir}"
+        )
 
     def run(self) -> dict[str, Any] | None:
         if self.skip_if_missing and not self.pred_dir.is_dir():

@@ -3,12 +3,15 @@
 The clean image ``x0`` in [-1, 1] is noised to ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` with ONE fixed
 Gaussian noise tensor ``eps`` (seeded, drawn once, shared by every image and step), the UNet is run once per step
 ``t``, and the outputs of chosen decoder blocks (ADM's ``output_blocks[i]``, located with
-:func:`common.networks.guided_diffusion.adm_output_block`) are grabbed with forward hooks. Per block the activations of the
-steps are concatenated on channels, at the block's native resolution (bundles/textdiff/docs/sources.md §2.2; unlike ddpm-segmentation
+:func:`common.networks.guided_diffusion.adm_output_block`) are grabbed with forward hooks. Per block the activations of
+the
+steps are concatenated on channels, at the block's native resolution (bundles/textdiff/docs/sources.md §2.2; unlike
+ddpm-segmentation
 nothing is upsampled here).
 
 Written here because MONAI has no feature extractor for diffusion UNets; the noise uses MONAI's
-``DDPMScheduler.add_noise`` (linear betas 1e-4..0.02 over 1000 steps = ADM's schedule, bundles/textdiff/docs/sources.md §10).
+``DDPMScheduler.add_noise`` (linear betas 1e-4..0.02 over 1000 steps = ADM's schedule, bundles/textdiff/docs/sources.md
+§10).
 
 Beyond the paper: ``noise_index`` selects the k-th of a seeded sequence of noise draws (draw 0 = the paper's fixed
 noise) for uncertainty over K draws; the forward stops after the last hooked block (the rest of the UNet does not
@@ -38,7 +41,8 @@ class DiffusionFeatureExtractor(nn.Module):
     """Frozen diffusion UNet -> per-block decoder features at fixed steps with a fixed noise draw.
 
     Args:
-        unet: a MONAI ``DiffusionModelUNet`` in ADM layout (:func:`common.networks.guided_diffusion.adm_unet`); frozen here
+        unet: a MONAI ``DiffusionModelUNet`` in ADM layout (:func:`common.networks.guided_diffusion.adm_unet`); frozen
+        here
             (eval mode, ``requires_grad=False``; ``.train()`` keeps it in eval mode).
         steps: 0-based timesteps of the 1000-step schedule (TextDiff: 50, 150, 250).
         blocks: ADM ``output_blocks`` indices (TextDiff MoNuSeg 6, 8, 12, 16; QaTa 4, 6, 8, 12).

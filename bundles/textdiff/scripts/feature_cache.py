@@ -49,9 +49,7 @@ class FeatureCache:
         feats = cache.get(case_id) or cache.put(case_id, [f[0] for f in extractor(x)])
     """
 
-    def __init__(
-        self, folder: str | PathLike, fingerprint: str, dtype: str = "float32", mmap: bool = True
-    ) -> None:
+    def __init__(self, folder: str | PathLike, fingerprint: str, dtype: str = "float32", mmap: bool = True) -> None:
         if dtype not in ("float16", "float32"):
             raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
         self.folder = Path(folder)

@@ -8,7 +8,8 @@
 2. encodes them with the frozen text encoder (:class:`common.text.encoder.FrozenTextEncoder`, 10 tokens,
    truncation, [PAD]-padded; bundles/textdiff/docs/sources.md §2.4);
 3. extracts the frozen UNet features (:class:`scripts.diffusion_features.DiffusionFeatureExtractor`; fixed noise,
-   steps 50/150/250; bundles/textdiff/docs/sources.md §2.2), from a :class:`scripts.feature_cache.FeatureCache` when one is given and the
+   steps 50/150/250; bundles/textdiff/docs/sources.md §2.2), from a :class:`scripts.feature_cache.FeatureCache` when one
+   is given and the
    cases have ids (features computed once per image; only valid without augmentation);
 4. runs the head. ``output="logits"`` (training): the logits of noise draw 0. ``output="probabilities"``
    (inference): the softmax averaged over ``num_samples`` noise draws (K = 1 is the paper: one deterministic
@@ -98,8 +99,12 @@ class TextGuidedFeatureInferer(SamplingInferer):
         return [torch.stack([pc[k] for pc in per_case]).to(image.device) for k in range(len(per_case[0]))]
 
     def _logits(
-        self, inputs: torch.Tensor, network: nn.Module, texts: Sequence[str] | str | None,
-        case_ids: Sequence[str] | None, draws: range,
+        self,
+        inputs: torch.Tensor,
+        network: nn.Module,
+        texts: Sequence[str] | str | None,
+        case_ids: Sequence[str] | None,
+        draws: range,
     ) -> list[torch.Tensor]:
         """The head's logits (B, C, S, S) for each noise draw in ``draws``; the text is encoded once."""
         image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs

@@ -1,12 +1,14 @@
 """Text-guided pixel classifier over multi-scale frozen features: per-scale projections, one shared text
 cross-attention block, a conv pixel head. Default configuration = TextDiff's trainable part.
 
-Exactly the official TextDiff ``pixel_classifier`` (bundles/textdiff/docs/sources.md §2.3; paper §2.2 eq 3), generalised from batch 1
+Exactly the official TextDiff ``pixel_classifier`` (bundles/textdiff/docs/sources.md §2.3; paper §2.2 eq 3), generalised
+from batch 1
 to B; usable on any list of multi-scale feature maps (diffusion-UNet decoder features, CNN/ViT pyramids):
 
 - ``down1`` = Conv2d(C_0 -> 768, 1x1) for scale 0 and ``down2`` = Conv2d(C_1 -> 768, 1x1) shared by every later
   scale whose channels are not already 768 (QaTa: scales 1 and 2 share it);
-- ``cross1`` = :class:`common.networks.cross_attention.TextConditionedTransformerBlock` with two stacked cross-attentions to
+- ``cross1`` = :class:`common.networks.cross_attention.TextConditionedTransformerBlock` with two stacked
+cross-attentions to
   the text tokens (8 heads x 64, no image self-attention), a LayerNorm after each attention output and a
   GELU -> Linear feed-forward, pre-LN residuals, shared by all scales; no text padding mask (the official code
   attends the [PAD] tokens);
@@ -147,8 +149,9 @@ class TextGuidedPixelClassifier(nn.Module):
         for k, (f, c) in enumerate(zip(features, self.feature_channels)):
             if f.ndim != 4 or f.shape[1] != c:
                 raise BadInputError(
-                    "features", f"scale {k}: expected (B, {c}, h, w) features, got {tuple(f.shape)}; the UNet "
-                    "blocks/steps of the config do not match the head's feature_channels"
+                    "features",
+                    f"scale {k}: expected (B, {c}, h, w) features, got {tuple(f.shape)}; the UNet "
+                    "blocks/steps of the config do not match the head's feature_channels",
                 )
         if self.use_text and context is None:
             raise BadInputError("text", "the TextGuidedPixelClassifier needs the text tokens (context); got none")

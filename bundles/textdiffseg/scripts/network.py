@@ -6,10 +6,12 @@ Paper §II (Fig. 1) and ``textdiffseg.md`` §2-§3. Parts (MONAI building blocks
   two levels (the paper's "final two down-sampling layers ... incorporate multi-head attention layers"; MONAI's
   block there is single-head, so its ``SpatialAttentionBlock`` s are rebuilt with ``num_head_channels``), then
   ``BatchNorm3d`` (LDSeg). x (B, 1, 96^3) -> z_i (B, c, 12^3).
-- 3D cross-modal attention (§2.5, eq 2): :class:`common.networks.cross_attention.TextCrossAttention` (voxels of z_i are the
+- 3D cross-modal attention (§2.5, eq 2): :class:`common.networks.cross_attention.TextCrossAttention` (voxels of z_i are
+the
   queries, text tokens keys/values, residual): z_it = z_i + attn(z_i, z_t). ``text_pooling="tokens"`` (default) attends
   the full token sequence; ``"pooled"`` is the paper's literal single text vector (one key: a constant offset).
-- label autoencoder (§2.2): :class:`common.networks.label_autoencoder.LabelAutoencoder`, one-hot (B, N, 96^3) -> standardised
+- label autoencoder (§2.2): :class:`common.networks.label_autoencoder.LabelAutoencoder`, one-hot (B, N, 96^3) ->
+standardised
   z_l(0) (B, k, 12^3) -> logits (B, N, 96^3).
 - denoiser (§2.6): ``monai.networks.nets.DiffusionModelUNet`` on concat(z_l(t), z_it) ((k + c) channels) and t,
   predicting the noise (k channels). Text does not enter the denoiser (the paper fuses it before).
@@ -17,7 +19,8 @@ Paper §II (Fig. 1) and ``textdiffseg.md`` §2-§3. Parts (MONAI building blocks
 Training forward (§3): z_l(0) = E_label(onehot(y)); t ~ U{0..T-1}; z_l(t) = add_noise(z_l(0), eps, t);
 eps_hat = denoiser(concat(z_l(t), z_it), t); the decoder sees z_dn = z_l(t) - eps_hat (LDSeg's code,
 ``decoder_input="z_minus_eps"``, default) or the clamped x0 estimate (``"x0_estimate"``, flag).
-Sampling (§5) is :class:`common.inferers.ddim_sliding_window.DDIMSlidingWindowInferer`, through the methods ``condition``,
+Sampling (§5) is :class:`common.inferers.ddim_sliding_window.DDIMSlidingWindowInferer`, through the methods
+``condition``,
 ``latent_shape``, ``predict_noise`` and ``decode_probabilities``.
 """
 
@@ -127,7 +130,11 @@ class TextDiffSegNet(nn.Module):
             num_train_timesteps=1000, schedule="cosine", clip_sample=False, prediction_type="epsilon"
         )
         levels = len(image_encoder_channels)
-        attn = tuple(image_attention_levels) if image_attention_levels is not None else (False,) * (levels - 2) + (True, True)
+        attn = (
+            tuple(image_attention_levels)
+            if image_attention_levels is not None
+            else (False,) * (levels - 2) + (True, True)
+        )
         self.image_encoder = Encoder(
             spatial_dims=3,
             in_channels=image_channels,
@@ -153,12 +160,20 @@ class TextDiffSegNet(nn.Module):
                 )
         self.image_norm = nn.BatchNorm3d(image_latent_channels)
         self.fusion = TextCrossAttention(
-            3, in_channels=image_latent_channels, context_dim=text_dim, hidden_size=fusion_hidden_size,
-            num_heads=fusion_heads, norm=False,
+            3,
+            in_channels=image_latent_channels,
+            context_dim=text_dim,
+            hidden_size=fusion_hidden_size,
+            num_heads=fusion_heads,
+            norm=False,
         )
         self.label_autoencoder = LabelAutoencoder(
-            3, num_classes=num_classes, latent_channels=latent_channels, channels=tuple(label_ae_channels),
-            num_res_blocks=1, norm_num_groups=norm_num_groups,
+            3,
+            num_classes=num_classes,
+            latent_channels=latent_channels,
+            channels=tuple(label_ae_channels),
+            num_res_blocks=1,
+            norm_num_groups=norm_num_groups,
         )
         dn_channels = tuple(denoiser_channels)
         head_ch = dn_channels if denoiser_head_channels is None else denoiser_head_channels

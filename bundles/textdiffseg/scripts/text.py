@@ -39,7 +39,9 @@ def check_class_prompts(class_prompts: Sequence[Mapping[str, Any]] | None) -> li
     out = []
     for i, p in enumerate(class_prompts or []):
         if not isinstance(p, Mapping) or not isinstance(p.get("text"), str) or not p["text"].strip():
-            raise BadInputError("class_prompts", f"entry {i} must be {{'text': non-empty str, 'labels': [...]}}, got {p!r}")
+            raise BadInputError(
+                "class_prompts", f"entry {i} must be {{'text': non-empty str, 'labels': [...]}}, got {p!r}"
+            )
         labels = p.get("labels", [])
         if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(v, int) and v > 0 for v in labels):
             raise BadInputError("class_prompts", f"entry {i} ({p['text']!r}) needs 'labels': a list of class ids > 0")
@@ -70,7 +72,9 @@ class TextConditioner:
         self.use_case_text = bool(use_case_text)
         self.default_text = default_text
         if not self.use_case_text and not self.dataset_prompts:
-            raise BadInputError("dataset_prompts", "no dataset prompts given and use_case_text is false: no text to use")
+            raise BadInputError(
+                "dataset_prompts", "no dataset prompts given and use_case_text is false: no text to use"
+            )
 
     @property
     def encoder(self) -> FrozenTextEncoder:
@@ -96,15 +100,21 @@ class TextConditioner:
             out_mask[b, : s.shape[0]] = True
         return out, out_mask
 
-    def texts_for(self, case_texts: Sequence[Any] | None, batch: int, case_ids: Sequence[Any] | None = None) -> list[list[str]]:
+    def texts_for(
+        self, case_texts: Sequence[Any] | None, batch: int, case_ids: Sequence[Any] | None = None
+    ) -> list[list[str]]:
         """The sentences of each of ``batch`` cases: the dataset prompts, or (``use_case_text``) the case's text,
-        else ``default_text``, else :class:`BadInputError` naming the case (:func:`common.text.prompts.resolve_texts`)."""
+        else ``default_text``, else :class:`BadInputError` naming the case
+        (:func:`common.text.prompts.resolve_texts`)."""
         if not self.use_case_text:
             return [list(self.dataset_prompts) for _ in range(batch)]
         return [[t] for t in resolve_texts(case_texts, batch, self.default_text, case_ids)]
 
     def __call__(
-        self, case_texts: Sequence[Any] | None, batch: int, device: torch.device | str = "cpu",
+        self,
+        case_texts: Sequence[Any] | None,
+        batch: int,
+        device: torch.device | str = "cpu",
         case_ids: Sequence[Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Context tokens and mask for a batch, on ``device``."""
@@ -119,8 +129,13 @@ class CaseTextd(MapTransform):
     the case (the contract: inference without text is an error unless ``default_text`` is set).
     """
 
-    def __init__(self, keys: KeysCollection = "text", use_case_text: bool = False, default_text: str | None = None,
-                 case_key: str = "case_id") -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "text",
+        use_case_text: bool = False,
+        default_text: str | None = None,
+        case_key: str = "case_id",
+    ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.use_case_text = bool(use_case_text)
         self.default_text = default_text
@@ -145,8 +160,12 @@ class RandPromptTargetd(Randomizable, MapTransform):
         target_key: where the chosen prompt index is stored.
     """
 
-    def __init__(self, keys: KeysCollection = ("label", "text"), class_prompts: Sequence[Mapping[str, Any]] | None = None,
-                 target_key: str = "prompt_index") -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = ("label", "text"),
+        class_prompts: Sequence[Mapping[str, Any]] | None = None,
+        target_key: str = "prompt_index",
+    ) -> None:
         MapTransform.__init__(self, keys)
         if len(self.keys) != 2:
             raise ValueError(f"keys must be (label, text), got {self.keys}")
@@ -166,8 +185,11 @@ class RandPromptTargetd(Randomizable, MapTransform):
         prompt = self.class_prompts[self._index]
         label = d[label_key]
         values = torch.as_tensor(prompt["labels"], device=label.device if isinstance(label, torch.Tensor) else None)
-        d[label_key] = torch.isin(torch.as_tensor(label), values).to(torch.uint8) if isinstance(label, torch.Tensor) \
+        d[label_key] = (
+            torch.isin(torch.as_tensor(label), values).to(torch.uint8)
+            if isinstance(label, torch.Tensor)
             else np.isin(label, prompt["labels"]).astype(np.uint8)
+        )
         if hasattr(label, "meta") and hasattr(d[label_key], "meta"):
             d[label_key].meta = label.meta
         d[text_key] = prompt["text"]
@@ -200,8 +222,13 @@ class TextGuidedInferer:
         prompt: the typed prompt, or ``None``/empty (the dataset or class prompts as configured).
     """
 
-    def __init__(self, inferer: Any, conditioner: TextConditioner,
-                 class_prompts: Sequence[Mapping[str, Any]] | None = None, prompt: str | None = None) -> None:
+    def __init__(
+        self,
+        inferer: Any,
+        conditioner: TextConditioner,
+        class_prompts: Sequence[Mapping[str, Any]] | None = None,
+        prompt: str | None = None,
+    ) -> None:
         self.inferer = inferer
         self.conditioner = conditioner
         self.class_prompts = check_class_prompts(class_prompts)
@@ -219,16 +246,24 @@ class TextGuidedInferer:
 
     def with_uncertainty(self, flag: bool = True) -> TextGuidedInferer:
         """A shallow copy whose inner sampler does (or does not) append the uncertainty channel (the evaluator's
-        variant of the plain ``inferer`` MONAI Label calls; :meth:`common.inferers.sampling.SamplingInferer.with_uncertainty`)."""
+        variant of the plain ``inferer`` MONAI Label calls;
+        :meth:`common.inferers.sampling.SamplingInferer.with_uncertainty`)."""
         other = copy.copy(self)
         other.inferer = self.inferer.with_uncertainty(flag)
         return other
 
-    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, text: Sequence[Any] | str | None = None,
-                 case_ids: Sequence[Any] | None = None, return_uncertainty: bool | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: torch.nn.Module,
+        text: Sequence[Any] | str | None = None,
+        case_ids: Sequence[Any] | None = None,
+        return_uncertainty: bool | None = None,
+    ) -> torch.Tensor:
         if inputs.ndim != 5:
             raise BadInputError(
-                "image", f"expected a 3D image batch (B, C, D, H, W), got shape {tuple(inputs.shape)}"
+                "image",
+                f"expected a 3D image batch (B, C, D, H, W), got shape {tuple(inputs.shape)}"
                 + ("; a 2D image was given, TextDiffSeg segments 3D volumes" if inputs.ndim == 4 else ""),
             )
         batch = inputs.shape[0]
@@ -247,11 +282,15 @@ class TextGuidedInferer:
         for k in self._selected:
             prompt = self.class_prompts[k]
             ctx, mask = self.conditioner.encode_sentences([[prompt["text"]]])
-            out = self.inferer(inputs, network, context=ctx.to(inputs.device), context_mask=mask.to(inputs.device), **kw)
+            out = self.inferer(
+                inputs, network, context=ctx.to(inputs.device), context_mask=mask.to(inputs.device), **kw
+            )
             if out.shape[1] == 3:  # binary probabilities + uncertainty
                 unc = out[:, 2:3] if unc is None else unc + out[:, 2:3]
             elif out.shape[1] != 2:
-                raise BadInputError("class_prompts", f"class-prompt mode needs a binary network (2 classes), got {out.shape[1]}")
+                raise BadInputError(
+                    "class_prompts", f"class-prompt mode needs a binary network (2 classes), got {out.shape[1]}"
+                )
             fg = out[:, 1:2]
             if probs is None:
                 probs = torch.zeros(batch, len(self.class_prompts) + 1, *inputs.shape[2:], device=out.device)

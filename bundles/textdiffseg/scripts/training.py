@@ -36,13 +36,21 @@ class TextBatch:
         self.text_key = text_key
         self.case_key = case_key
 
-    def __call__(self, batchdata: Mapping[str, Any], device: torch.device | str | None = None,
-                 non_blocking: bool = False, **kwargs: Any):
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: torch.device | str | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ):
         image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
         label = batchdata.get("label")
         if isinstance(label, torch.Tensor):
             label = label.to(device=device, non_blocking=non_blocking, **kwargs)
-        kw: dict[str, Any] = {"text": _as_list(batchdata.get(self.text_key)), "case_ids": _as_list(batchdata.get(self.case_key))}
+        kw: dict[str, Any] = {
+            "text": _as_list(batchdata.get(self.text_key)),
+            "case_ids": _as_list(batchdata.get(self.case_key)),
+        }
         if self.pass_label:
             kw["label"] = label
         return image, label, (), kw
@@ -69,8 +77,14 @@ class TrainingForward:
         self.conditioner = conditioner
         self.text_from_batch = bool(text_from_batch)
 
-    def __call__(self, inputs: torch.Tensor, network: nn.Module, label: torch.Tensor | None = None,
-                 text: Sequence[Any] | None = None, case_ids: Sequence[Any] | None = None) -> TrainingOutput:
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: nn.Module,
+        label: torch.Tensor | None = None,
+        text: Sequence[Any] | None = None,
+        case_ids: Sequence[Any] | None = None,
+    ) -> TrainingOutput:
         if label is None:
             raise ValueError("TrainingForward needs the label (TextBatch(pass_label=True))")
         batch = inputs.shape[0]
@@ -91,8 +105,9 @@ class TextDiffSegLoss(nn.Module):
 
     def __init__(self, gamma: float = 2.0, lam: float = 1.0) -> None:
         super().__init__()
-        self.seg = DiceCELoss(include_background=True, to_onehot_y=True, softmax=True, lambda_ce=1.0,
-                              lambda_dice=float(gamma), batch=True)
+        self.seg = DiceCELoss(
+            include_background=True, to_onehot_y=True, softmax=True, lambda_ce=1.0, lambda_dice=float(gamma), batch=True
+        )
         self.lam = float(lam)
 
     def forward(self, pred: TrainingOutput, target: torch.Tensor) -> torch.Tensor:

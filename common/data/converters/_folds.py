@@ -1,4 +1,5 @@
-"""Case-level K-fold cross-validation splits (bundles/diffboost/docs/sources.md §1.3) shared by the busi and msd_slices converters.
+"""Case-level K-fold cross-validation splits (bundles/diffboost/docs/sources.md §1.3) shared by the busi and msd_slices
+converters.
 
 Not a converter module (leading underscore: skipped by the registry's discovery).
 """

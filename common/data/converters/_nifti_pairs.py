@@ -82,11 +82,16 @@ def build_volume_datalist(
                 raise BadInputError(options["text_file"], f"no text for case {case.case_id!r}")
             text, source = table[case.case_id], "dataset"
         else:
-            text = describe_labelled_volume(arr, affine, str_names, modality_words, region, options.get("side_reference", "fov_center"))
+            text = describe_labelled_volume(
+                arr, affine, str_names, modality_words, region, options.get("side_reference", "fov_center")
+            )
             source = "generated"
         entries[case.case_id] = {
-            "case_id": case.case_id, "image": relative_path(case.image, dst), "label": relative_path(case.label, dst),
-            "text": text, "text_source": source,
+            "case_id": case.case_id,
+            "image": relative_path(case.image, dst),
+            "label": relative_path(case.label, dst),
+            "text": text,
+            "text_source": source,
         }
     split = split_cases(list(entries), options["val_fraction"], options["test_fraction"], options["seed"])
     doc: dict[str, Any] = {
@@ -100,8 +105,12 @@ def build_volume_datalist(
     }
     doc.update({k: [entries[i] for i in ids] for k, ids in split.items()})
     doc["unlabelled"] = [
-        {"case_id": c.case_id, "image": relative_path(c.image, dst), "text": describe_unlabelled_volume(modality_words, region),
-         "text_source": "generated"}
+        {
+            "case_id": c.case_id,
+            "image": relative_path(c.image, dst),
+            "text": describe_unlabelled_volume(modality_words, region),
+            "text_source": "generated",
+        }
         for c in unlabelled
     ]
     return doc

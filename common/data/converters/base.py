@@ -59,7 +59,7 @@ def file_suffix(name: str | os.PathLike) -> str:
     """The extension :func:`case_key` strips, as written: ``"x.nii.gz"`` -> ``".nii.gz"``, ``"a/B.PNG"`` -> ``".PNG"``
     (``Path.suffix`` for a name with no known extension)."""
     base = Path(name).name
-    return base[len(case_key(base)):] or Path(base).suffix
+    return base[len(case_key(base)) :] or Path(base).suffix
 
 
 def visible_files(folder: Path, suffixes: Iterable[str]) -> list[Path]:

@@ -16,7 +16,8 @@ for RGB, channels checked to be equal is not required), masks as uint8 PNG with 
     DST/datalist.json              # fold ``fold`` held out as test
     DST/datalist_fold<k>.json      # every fold k of the K-fold split
 
-Subset (bundles/diffboost/docs/sources.md §1.1: the paper uses 147 BUSI images without saying which -- UNKNOWN): our documented default
+Subset (bundles/diffboost/docs/sources.md §1.1: the paper uses 147 BUSI images without saying which -- UNKNOWN): our
+documented default
 is ``classes=["malignant"]`` (210 images, every one with a lesion; the label is "breast cancer" as in the authors'
 preprocessing config); ``["benign", "malignant"]`` (647) is the other sensible choice. Normal images have empty masks
 and are skipped unless ``keep_empty`` (DiffBoost trains and evaluates on images with foreground only).
@@ -24,7 +25,8 @@ and are skipped unless ``keep_empty`` (DiffBoost trains and evaluates on images 
 Split: case-level K-fold in natural file order (``benign (2)`` before ``benign (10)``; classes in the order given),
 see :func:`common.data.converters._folds.cross_validation_split` (``val_fraction`` of the training cases held out
 for validation, default 0.1). Text per case: the task prompt ``text`` (default ``"Breast, Ultrasound"``, the
-authors' "<Organ>, <Modality>" prompt, bundles/diffboost/docs/sources.md §3), ``text_source`` "generated"; or from ``text_file``.
+authors' "<Organ>, <Modality>" prompt, bundles/diffboost/docs/sources.md §3), ``text_source`` "generated"; or from
+``text_file``.
 
 Errors (:class:`BadInputError` naming the file): an image without a mask, a mask without its image, a mask whose size
 differs from its image, an unreadable PNG, unknown class folders requested, an empty selection.

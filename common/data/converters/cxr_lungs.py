@@ -1,4 +1,5 @@
-"""Kaggle "Chest Xray Masks and Labels" (Montgomery + Shenzhen lungs) -> datalist with 0/1 masks (bundles/cdal/docs/sources.md §1.2).
+"""Kaggle "Chest Xray Masks and Labels" (Montgomery + Shenzhen lungs) -> datalist with 0/1 masks
+(bundles/cdal/docs/sources.md §1.2).
 
 Accepted source layout (``SRC`` is the folder holding ``CXR_png`` and ``masks``, e.g. ``Lung Segmentation/``)::
 
@@ -114,10 +115,15 @@ class CXRLungsConverter(DatasetConverter):
             with Image.open(case.mask) as mm:
                 mask = np.asarray(mm.convert("L"))
             if (mask.shape[1], mask.shape[0]) != size:
-                raise BadInputError(case.mask, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image {case.image} ({size[0]}x{size[1]})")
+                raise BadInputError(
+                    case.mask,
+                    f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image {case.image} ({size[0]}x{size[1]})",
+                )
             values = np.unique(mask)
             if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-                raise BadInputError(case.mask, f"mask is not binary: values {values[:6].tolist()}; expected 0 and one foreground value")
+                raise BadInputError(
+                    case.mask, f"mask is not binary: values {values[:6].tolist()}; expected 0 and one foreground value"
+                )
             out = dst / "labels" / f"{case.case_id}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(out) as tmp:
@@ -126,9 +132,18 @@ class CXRLungsConverter(DatasetConverter):
                 text, source = lookup_text(table, case.case_id, options["text_file"]), "dataset"
             else:
                 where = "Montgomery County" if case.source == "montgomery" else "Shenzhen"
-                text, source = f"Frontal chest X-ray from the {where} set showing the left and right lungs.", "generated"
-            return {"case_id": case.case_id, "image": relative_path(case.image, dst), "label": relative_path(out, dst),
-                    "text": text, "text_source": source, "source_set": case.source}
+                text, source = (
+                    f"Frontal chest X-ray from the {where} set showing the left and right lungs.",
+                    "generated",
+                )
+            return {
+                "case_id": case.case_id,
+                "image": relative_path(case.image, dst),
+                "label": relative_path(out, dst),
+                "text": text,
+                "text_source": source,
+                "source_set": case.source,
+            }
 
         by_id = {c.case_id: entry(c) for c in training}
         split = split_cases(list(by_id), options["val_fraction"], 0.0, options["seed"])

@@ -7,14 +7,16 @@ Layout::
 
 Texts (every case needs one, the datalist format's rule; a text-guided bundle conditions on it): ``text_file`` (JSON
 or CSV ``image|case_id|name -> text|description``, see :func:`common.data.converters.base.load_text_file`) and/or one
-``text`` for every case the file does not list (e.g. the prompt a bundle was trained with). Images are referenced in place (not copied).
+``text`` for every case the file does not list (e.g. the prompt a bundle was trained with). Images are referenced in
+place (not copied).
 
 Splits: without ``SRC/labels`` every case goes to ``test`` (an inference-only datalist: segment your images with a
 trained bundle). With labels, ``split="auto"`` (default) splits the cases with
 :func:`common.data.datalist.split_cases` (``val_fraction``, ``test_fraction``, ``seed``) for training your own
 model; ``split="test"`` puts all of them in ``test`` (evaluate a trained bundle on them).
 
-Errors (:class:`BadInputError` naming the file): no images, two files of one case name, mixed 2D/3D files, an image without its label (when
+Errors (:class:`BadInputError` naming the file): no images, two files of one case name, mixed 2D/3D files, an image
+without its label (when
 labels exist) or a label without its image, image/label size (2D) or shape/affine (3D) mismatch, a case without
 text, unreadable files.
 """
@@ -125,14 +127,17 @@ class FolderConverter(DatasetConverter):
             text = str(text)  # --option text=42 arrives parsed as JSON
         if table is None and (not isinstance(text, str) or not text.strip()):
             raise BadInputError(
-                "text", "every case needs a text: pass --option text='<one sentence for all cases>' or "
+                "text",
+                "every case needs a text: pass --option text='<one sentence for all cases>' or "
                 "--option text_file=<csv/json mapping case -> sentence>",
             )
         for cid, label in layout.labels.items():
             image = layout.images[cid]
             if layout.spatial_dims == 2:
                 if _size_2d(image) != _size_2d(label):
-                    raise BadInputError(label, f"size {_size_2d(label)} differs from its image {image} {_size_2d(image)}")
+                    raise BadInputError(
+                        label, f"size {_size_2d(label)} differs from its image {image} {_size_2d(image)}"
+                    )
             else:
                 from common.data.converters._nifti_pairs import check_pair
 
@@ -140,9 +145,12 @@ class FolderConverter(DatasetConverter):
 
         def entry(cid: str) -> dict[str, Any]:
             from_file = table is not None and (cid in table or not isinstance(text, str) or not text.strip())
-            e = {"case_id": cid, "image": relative_path(layout.images[cid], dst),
-                 "text": lookup_text(table, cid, options["text_file"]) if from_file else str(text).strip(),
-                 "text_source": "dataset" if from_file else "given"}
+            e = {
+                "case_id": cid,
+                "image": relative_path(layout.images[cid], dst),
+                "text": lookup_text(table, cid, options["text_file"]) if from_file else str(text).strip(),
+                "text_source": "dataset" if from_file else "given",
+            }
             if cid in layout.labels:
                 e["label"] = relative_path(layout.labels[cid], dst)
             return e

@@ -41,7 +41,10 @@ class KiTS21Converter(DatasetConverter):
     )
     options = {
         **VOLUME_PAIR_OPTIONS,
-        "segmentation": ("aggregated_MAJ_seg", "label file name without .nii.gz (aggregated_AND_seg, aggregated_OR_seg)"),
+        "segmentation": (
+            "aggregated_MAJ_seg",
+            "label file name without .nii.gz (aggregated_AND_seg, aggregated_OR_seg)",
+        ),
     }
 
     def check_layout(self, src: Path, options: Mapping[str, Any]) -> tuple[list[VolumeCase], list[VolumeCase]]:

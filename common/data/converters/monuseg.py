@@ -1,4 +1,5 @@
-"""MoNuSeg 2018 (official release layout) -> PNG image/mask pairs + datalist (bundles/textdiff/docs/sources.md §1.2, bundles/cdal/docs/sources.md §1.1).
+"""MoNuSeg 2018 (official release layout) -> PNG image/mask pairs + datalist (bundles/textdiff/docs/sources.md §1.2,
+bundles/cdal/docs/sources.md §1.1).
 
 Accepted source layouts (``SRC`` is any one of the three)::
 

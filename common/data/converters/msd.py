@@ -17,7 +17,8 @@ shape and affine (``affine_atol`` mm) -- a mismatch raises :class:`BadInputError
 are integers listed in ``labels``.
 
 Datalist: ``training`` / ``validation`` / ``test`` = seeded split of the labelled cases
-(:func:`common.data.datalist.split_cases`, defaults val 0.1 / test 0.2 as in bundles/textdiffseg/docs/sources.md §1.1); ``unlabelled``
+(:func:`common.data.datalist.split_cases`, defaults val 0.1 / test 0.2 as in bundles/textdiffseg/docs/sources.md §1.1);
+``unlabelled``
 = the ``imagesTs`` images. Paths are relative from ``DST`` to the original files. ``modality`` and ``labels`` are
 kept (after the options below).
 

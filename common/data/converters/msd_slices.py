@@ -1,4 +1,5 @@
-"""MSD task folder -> 2D axial slice datalists (DiffBoost: Task09 Spleen, Task05 Prostate; bundles/diffboost/docs/sources.md §1.1-1.3).
+"""MSD task folder -> 2D axial slice datalists (DiffBoost: Task09 Spleen, Task05 Prostate;
+bundles/diffboost/docs/sources.md §1.1-1.3).
 
 Builds on the ``msd`` converter (:class:`common.data.converters.msd.MSDConverter`): the same accepted layout, layout
 checks (files, image/label shape and affine) and options (``channels``, ``binary``, ``label_mapping``,
@@ -22,7 +23,8 @@ Task presets (pass as options; our reading of the authors' data, bundles/diffboo
 
 - Task09_Spleen: defaults (CT, labels 0/1). Text "Spleen, CT".
 - Task05_Prostate: ``channels=[0]`` (T2 of the 4D T2+ADC images), ``binary=True`` (PZ and TZ merged into 1),
-  ``label_names={"1": "prostate"}``. Text "Prostate, MRI". (INFERRED, not in the authors' code: the authors' code expects one
+  ``label_names={"1": "prostate"}``. Text "Prostate, MRI". (INFERRED, not in the authors' code: the authors' code
+  expects one
   channel and 2 classes.)
 
 Text per slice: ``text`` option, default "<Organ>, <Modality>" from the task name and the (selected) channel names

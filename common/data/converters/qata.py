@@ -153,10 +153,15 @@ class QaTaConverter(DatasetConverter):
                 out_img, out_lbl = dst / f"images{sub}" / f"{cid}.png", dst / f"labels{sub}" / f"{cid}.png"
                 _write_png(image, out_img)
                 _write_png(mask, out_lbl)
-                entries[part.split].append({
-                    "case_id": cid, "image": relative_path(out_img, dst), "label": relative_path(out_lbl, dst),
-                    "text": text, "text_source": "dataset",
-                })
+                entries[part.split].append(
+                    {
+                        "case_id": cid,
+                        "image": relative_path(out_img, dst),
+                        "label": relative_path(out_lbl, dst),
+                        "text": text,
+                        "text_source": "dataset",
+                    }
+                )
         if not entries["validation"] and entries["training"]:
             by_id = {e["case_id"]: e for e in entries["training"]}
             split = split_cases(list(by_id), options["val_fraction"], 0.0, options["seed"])

@@ -47,9 +47,24 @@ def monuseg_tiny(tmp_path_factory) -> Path:
 
 
 def _run(configs: list[str], work: Path, datalist: Path, extra: dict[str, str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "[" + ",".join(f"'{c}'" for c in configs) + "]",
-           "--meta_file", "configs/metadata.json", "--dataset_dir", str(datalist.parent), "--datalist", str(datalist),
-           "--output_dir", str(work / "eval"), "--ckpt_dir", str(work / "models")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "[" + ",".join(f"'{c}'" for c in configs) + "]",
+        "--meta_file",
+        "configs/metadata.json",
+        "--dataset_dir",
+        str(datalist.parent),
+        "--datalist",
+        str(datalist),
+        "--output_dir",
+        str(work / "eval"),
+        "--ckpt_dir",
+        str(work / "models"),
+    ]
     for k, v in extra.items():
         cmd += [f"--{k}", v]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -57,14 +72,22 @@ def _run(configs: list[str], work: Path, datalist: Path, extra: dict[str, str]) 
 
 
 def test_train_infer_evaluate_through_monai_bundle_run(monuseg_tiny, tmp_path):
-    small = {"image_size": "64", "resize_to": "64", "max_epochs": "2", "batch_size": "2", "num_samples": "2",
-             "save_interval": "1"}
+    small = {
+        "image_size": "64",
+        "resize_to": "64",
+        "max_epochs": "2",
+        "batch_size": "2",
+        "num_samples": "2",
+        "save_interval": "1",
+    }
     r = _run(["configs/train.json", "configs/demo.json"], tmp_path, monuseg_tiny, small)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ckpts = sorted((tmp_path / "models" / "checkpoints").glob("checkpoint_epoch=*.pt"))
     assert [p.name for p in ckpts] == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
     state = torch.load(ckpts[-1], weights_only=True)
-    assert {"model", "discriminator", "optimizer_g", "optimizer_d", "lr_scheduler_g", "lr_scheduler_d", "ema"} <= set(state)
+    assert {"model", "discriminator", "optimizer_g", "optimizer_d", "lr_scheduler_g", "lr_scheduler_d", "ema"} <= set(
+        state
+    )
     assert (tmp_path / "models" / "model.pt").is_file()
 
     r = _run(["configs/inference.json", "configs/evaluate.json", "configs/demo.json"], tmp_path, monuseg_tiny, small)

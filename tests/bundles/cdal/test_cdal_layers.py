@@ -1,5 +1,6 @@
 """cDAL building blocks: FIR resampling, adaptive GroupNorm, the registered VP schedule and its coefficients
-(checked against numbers computed independently from the formulas of bundles/cdal/docs/sources.md §2.6), the CXR converter."""
+(checked against numbers computed independently from the formulas of bundles/cdal/docs/sources.md §2.6), the CXR
+converter."""
 
 from __future__ import annotations
 
@@ -43,8 +44,12 @@ def _upfirdn_reference(x: np.ndarray, k: np.ndarray, up: int, down: int, pad: tu
         u = u[: u.shape[0] + p1, : u.shape[1] + p1]
     kf = k[::-1, ::-1]
     kh = k.shape[0]
-    out = np.array([[np.sum(u[i:i + kh, j:j + kh] * kf) for j in range(u.shape[1] - kh + 1)]
-                    for i in range(u.shape[0] - kh + 1)])
+    out = np.array(
+        [
+            [np.sum(u[i : i + kh, j : j + kh] * kf) for j in range(u.shape[1] - kh + 1)]
+            for i in range(u.shape[0] - kh + 1)
+        ]
+    )
     return out[::down, ::down]
 
 
@@ -99,8 +104,11 @@ def _spec_numbers(T: int) -> dict[str, np.ndarray]:
     ac = np.cumprod(1 - beta)
     prev = np.concatenate([[1.0], ac[:-1]])
     return {
-        "beta": beta, "sqrt_abar": np.sqrt(ac), "sqrt_1m_abar": np.sqrt(1 - ac),
-        "c1": beta * np.sqrt(prev) / (1 - ac), "c2": (1 - prev) * np.sqrt(1 - beta) / (1 - ac),
+        "beta": beta,
+        "sqrt_abar": np.sqrt(ac),
+        "sqrt_1m_abar": np.sqrt(1 - ac),
+        "c1": beta * np.sqrt(prev) / (1 - ac),
+        "c2": (1 - prev) * np.sqrt(1 - beta) / (1 - ac),
         "var": beta * (1 - prev) / (1 - ac),
     }
 
@@ -138,7 +146,9 @@ def test_batched_posterior_equals_monai_step_and_pairs_have_the_right_moments():
         batched = s.sample_posterior(x0, x_hi, torch.full((4000,), t), generator=g1)
         monai = s.step(x0, t, x_hi, generator=g2)
         assert torch.allclose(batched, monai, atol=1e-5)
-    assert torch.allclose(s.sample_posterior(x0, x_hi, torch.zeros(4000, dtype=torch.long)), x0.expand_as(x_hi), atol=1e-6)
+    assert torch.allclose(
+        s.sample_posterior(x0, x_hi, torch.zeros(4000, dtype=torch.long)), x0.expand_as(x_hi), atol=1e-6
+    )
     t = torch.full((20000,), 1)
     x_lo, x_hi = s.q_sample_pairs(torch.ones(20000, 1, 1, 1), t, generator=torch.Generator().manual_seed(0))
     # code t = 1 is the pair (level 1, level 2): sqrt(abar) 0.7223 / 0.2805, sqrt(1 - abar) 0.6916 / 0.9599

@@ -24,8 +24,17 @@ with bundle_scripts("cdal"):
     from scripts.schedule import CDALSchedule
     from scripts.trainer import CDALTrainer, labels_to_signed
 
-TINY = dict(image_size=32, num_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
-            encoder_layers=1, encoder_res_blocks=2, nz=8, z_emb_dim=16)
+TINY = dict(
+    image_size=32,
+    num_channels=16,
+    channel_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attn_resolutions=(8,),
+    encoder_layers=1,
+    encoder_res_blocks=2,
+    nz=8,
+    z_emb_dim=16,
+)
 
 
 def tiny_generator(**kw) -> CDALGenerator:
@@ -43,7 +52,9 @@ def toy_loader(n: int = 8, size: int = 32, batch: int = 4, seed: int = 0):
     for _ in range(n):
         cy, cx = torch.randint(8, size - 8, (2,), generator=g)
         lab = (((yy - cy) ** 2 + (xx - cx) ** 2) < 36).float()[None]
-        img = torch.cat([lab * 2 - 1 + 0.1 * torch.randn(1, size, size, generator=g), torch.randn(2, size, size, generator=g)])
+        img = torch.cat(
+            [lab * 2 - 1 + 0.1 * torch.randn(1, size, size, generator=g), torch.randn(2, size, size, generator=g)]
+        )
         data.append({"image": img, "label": lab})
     return DataLoader(data, batch_size=batch, shuffle=False)
 
@@ -51,8 +62,20 @@ def toy_loader(n: int = 8, size: int = 32, batch: int = 4, seed: int = 0):
 def make_trainer(g, d, loader, epochs: int, handlers=None, lr_g: float = 2e-3):
     opt_g = torch.optim.Adam(g.parameters(), lr_g, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(d.parameters(), 1e-4, betas=(0.5, 0.9))
-    tr = CDALTrainer("cpu", epochs, loader, g, d, opt_g, opt_d, CDALSchedule(4), label_channels=1, attn_layer=2,
-                     lazy_reg=2, train_handlers=handlers)
+    tr = CDALTrainer(
+        "cpu",
+        epochs,
+        loader,
+        g,
+        d,
+        opt_g,
+        opt_d,
+        CDALSchedule(4),
+        label_channels=1,
+        attn_layer=2,
+        lazy_reg=2,
+        train_handlers=handlers,
+    )
     return tr, opt_g, opt_d
 
 
@@ -61,11 +84,34 @@ def make_trainer(g, d, loader, epochs: int, handlers=None, lr_g: float = 2e-3):
     "cfg,params",
     [
         ({}, 41.67),  # MoNuSeg (bundles/cdal/docs/sources.md §2.1: 41.67 M, encoder 0.37 M)
-        (dict(num_channels=32, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=1, attn_resolutions=(16,),
-              encoder_layers=3, encoder_res_blocks=2, image_channels=1), 8.84),  # CXR
-        (dict(image_size=32, label_channels=3, image_channels=1, num_channels=32, channel_mult=(1, 2, 2, 2),
-              num_res_blocks=2, attn_resolutions=(16,), encoder_layers=3, encoder_res_blocks=2, nz=50,
-              z_emb_dim=128), 3.68),  # Hippocampus (released checkpoint)
+        (
+            dict(
+                num_channels=32,
+                channel_mult=(1, 1, 2, 2, 4, 4),
+                num_res_blocks=1,
+                attn_resolutions=(16,),
+                encoder_layers=3,
+                encoder_res_blocks=2,
+                image_channels=1,
+            ),
+            8.84,
+        ),  # CXR
+        (
+            dict(
+                image_size=32,
+                label_channels=3,
+                image_channels=1,
+                num_channels=32,
+                channel_mult=(1, 2, 2, 2),
+                num_res_blocks=2,
+                attn_resolutions=(16,),
+                encoder_layers=3,
+                encoder_res_blocks=2,
+                nz=50,
+                z_emb_dim=128,
+            ),
+            3.68,
+        ),  # Hippocampus (released checkpoint)
     ],
 )
 def test_paper_scale_generators_have_the_spec_parameter_counts(cfg, params):
@@ -99,7 +145,9 @@ def test_attention_map_is_the_upsampled_channel_mean_of_the_chosen_feature_map()
     assert f.shape[-1] == 8
     expected = F.interpolate(f.mean(1, keepdim=True), size=(64, 64), mode="bilinear", align_corners=False)
     assert a.shape == (2, 1, 64, 64) and torch.equal(a, expected)
-    assert (a < 0).any() and (a > 0).any()  # raw features: no abs / sigmoid / normalisation (bundles/cdal/docs/sources.md §3.2)
+    assert (a < 0).any() and (
+        a > 0
+    ).any()  # raw features: no abs / sigmoid / normalisation (bundles/cdal/docs/sources.md §3.2)
     with pytest.raises(ValueError, match="attention layer 9 out of range"):
         discriminator_attention_map(d, x_lo, t, x_hi, layer=9)
 
@@ -172,12 +220,15 @@ def test_trained_sampler_is_seed_reproducible_and_segments_the_toy_disc(trained)
 
 def test_inferer_tiles_2d_and_slices_3d():
     g = tiny_generator(image_channels=1)
-    out = CDALInferer(num_timesteps=2, num_samples=2, seed=0, roi_size=32, resize_to=64, return_uncertainty=True)(torch.randn(1, 1, 50, 70), g)
+    out = CDALInferer(num_timesteps=2, num_samples=2, seed=0, roi_size=32, resize_to=64, return_uncertainty=True)(
+        torch.randn(1, 1, 50, 70), g
+    )
     assert out.shape == (1, 3, 50, 70)
     g3 = tiny_generator(image_channels=1, label_channels=3)
     vol = torch.randn(1, 1, 20, 36, 24)
-    inf3 = CDALInferer(num_timesteps=2, num_samples=2, seed=0, roi_size=(32, 32, 32), overlap=0.5,
-                         return_uncertainty=True)
+    inf3 = CDALInferer(
+        num_timesteps=2, num_samples=2, seed=0, roi_size=(32, 32, 32), overlap=0.5, return_uncertainty=True
+    )
     out3 = inf3(vol, g3)
     assert out3.shape == (1, 4, 20, 36, 24)  # 3 one-hot class scores + uncertainty
     plain = inf3.with_uncertainty(False)(vol, g3)
@@ -214,7 +265,9 @@ def test_inferer_uncertainty_is_the_contract_foreground_variance(monkeypatch, sa
 
     monkeypatch.setitem(module_globals, "sample_label_maps", fake_sample_label_maps)
     g = _FixedSamplesGenerator(label_channels=len(samples[0]))
-    out = CDALInferer(num_timesteps=2, num_samples=2, seed=0, roi_size=8, return_uncertainty=True)(torch.zeros(1, 1, *spatial), g)
+    out = CDALInferer(num_timesteps=2, num_samples=2, seed=0, roi_size=8, return_uncertainty=True)(
+        torch.zeros(1, 1, *spatial), g
+    )
     k = 2 if len(samples[0]) == 1 else len(samples[0])
     assert out.shape == (1, k + 1, *spatial)
     assert torch.allclose(out[:, k], torch.full((1, *spatial), expected), atol=1e-6)
@@ -243,8 +296,11 @@ def test_checkpoints_reload_identically_and_resume_matches_an_uninterrupted_run(
         g = tiny_generator()
         d = CDALDiscriminator(label_channels=1, ngf=4, t_emb_dim=16, variant="small")
         tr, opt_g, opt_d = make_trainer(g, d, toy_loader(n=4), epochs)
-        ckpt = ResumableCheckpointer(folder, {"model": g, "discriminator": d, "optimizer_g": opt_g, "optimizer_d": opt_d},
-                                     final_model_path=folder / "model.pt")
+        ckpt = ResumableCheckpointer(
+            folder,
+            {"model": g, "discriminator": d, "optimizer_g": opt_g, "optimizer_d": opt_d},
+            final_model_path=folder / "model.pt",
+        )
         ckpt.attach(tr)
         tr.run()
         return g, d
@@ -264,8 +320,9 @@ def test_checkpoints_reload_identically_and_resume_matches_an_uninterrupted_run(
 
 
 # ---------------------------------------------------------------------------------------------------- converter
-def official_ncsnpp_keys(image_size, label_ch, image_ch, nf, ch_mult, nrb, attn_res, enc_layers, enc_blocks, nz, zemb,
-                         n_mlp=3) -> dict[str, tuple[int, ...]]:
+def official_ncsnpp_keys(
+    image_size, label_ch, image_ch, nf, ch_mult, nrb, attn_res, enc_layers, enc_blocks, nz, zemb, n_mlp=3
+) -> dict[str, tuple[int, ...]]:
     """Key names and shapes of the official ``NCSNpp`` state dict, enumerated from its ``__init__``
     (score_sde/models/ncsnpp_generator_adagn.py: conditional, positional, biggan, progressive none,
     progressive_input residual), independently of CDALGenerator."""
@@ -281,10 +338,18 @@ def official_ncsnpp_keys(image_size, label_ch, image_ch, nf, ch_mult, nrb, attn_
     conv = lambda o, n, k=3: {"weight": (o, n, k, k), "bias": (o,)}  # noqa: E731
 
     def resblock(cin, cout, resample=False):
-        r = {"GroupNorm_0.style.weight": (2 * cin, zemb), "GroupNorm_0.style.bias": (2 * cin,),
-             "Conv_0.weight": (cout, cin, 3, 3), "Conv_0.bias": (cout,), "Dense_0.weight": (cout, 4 * nf),
-             "Dense_0.bias": (cout,), "GroupNorm_1.style.weight": (2 * cout, zemb), "GroupNorm_1.style.bias": (2 * cout,),
-             "Conv_1.weight": (cout, cout, 3, 3), "Conv_1.bias": (cout,)}
+        r = {
+            "GroupNorm_0.style.weight": (2 * cin, zemb),
+            "GroupNorm_0.style.bias": (2 * cin,),
+            "Conv_0.weight": (cout, cin, 3, 3),
+            "Conv_0.bias": (cout,),
+            "Dense_0.weight": (cout, 4 * nf),
+            "Dense_0.bias": (cout,),
+            "GroupNorm_1.style.weight": (2 * cout, zemb),
+            "GroupNorm_1.style.bias": (2 * cout,),
+            "Conv_1.weight": (cout, cout, 3, 3),
+            "Conv_1.bias": (cout,),
+        }
         if cin != cout or resample:
             r.update({"Conv_2.weight": (cout, cin, 1, 1), "Conv_2.bias": (cout,)})
         return r
@@ -300,9 +365,21 @@ def official_ncsnpp_keys(image_size, label_ch, image_ch, nf, ch_mult, nrb, attn_
     add(lin(4 * nf, 4 * nf))
     add(conv(nf, image_ch))
     for _ in range(enc_layers * enc_blocks):
-        add({f"0.{k}": v for k, v in {"in_layers.0.weight": (nf,), "in_layers.0.bias": (nf,), "in_layers.2.weight": (nf, nf, 3, 3),
-                                     "in_layers.2.bias": (nf,), "out_layers.0.weight": (nf,), "out_layers.0.bias": (nf,),
-                                     "out_layers.3.weight": (nf, nf, 3, 3), "out_layers.3.bias": (nf,)}.items()})
+        add(
+            {
+                f"0.{k}": v
+                for k, v in {
+                    "in_layers.0.weight": (nf,),
+                    "in_layers.0.bias": (nf,),
+                    "in_layers.2.weight": (nf, nf, 3, 3),
+                    "in_layers.2.bias": (nf,),
+                    "out_layers.0.weight": (nf,),
+                    "out_layers.0.bias": (nf,),
+                    "out_layers.3.weight": (nf, nf, 3, 3),
+                    "out_layers.3.bias": (nf,),
+                }.items()
+            }
+        )
     add(conv(nf, label_ch))
     hs_c, in_ch, pyr = [nf], nf, label_ch
     for lv, m in enumerate(ch_mult):
@@ -338,19 +415,42 @@ def official_ncsnpp_keys(image_size, label_ch, image_ch, nf, ch_mult, nrb, attn_
 
 
 def test_convert_official_generator_checkpoint(tmp_path):
-    cfg = dict(image_size=32, label_ch=3, image_ch=1, nf=32, ch_mult=(1, 2, 2, 2), nrb=2, attn_res=(16,),
-               enc_layers=3, enc_blocks=2, nz=50, zemb=128)  # the released Hippocampus configuration
+    cfg = dict(
+        image_size=32,
+        label_ch=3,
+        image_ch=1,
+        nf=32,
+        ch_mult=(1, 2, 2, 2),
+        nrb=2,
+        attn_res=(16,),
+        enc_layers=3,
+        enc_blocks=2,
+        nz=50,
+        zemb=128,
+    )  # the released Hippocampus configuration
     shapes = official_ncsnpp_keys(**cfg)
     gen = torch.Generator().manual_seed(0)
     official = {f"module.{k}": torch.randn(s, generator=gen) for k, s in shapes.items()}  # saved from DDP
-    net = CDALGenerator(image_size=32, label_channels=3, image_channels=1, num_channels=32, channel_mult=(1, 2, 2, 2),
-                        num_res_blocks=2, attn_resolutions=(16,), encoder_layers=3, encoder_res_blocks=2, nz=50,
-                        z_emb_dim=128)
+    net = CDALGenerator(
+        image_size=32,
+        label_channels=3,
+        image_channels=1,
+        num_channels=32,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attn_resolutions=(16,),
+        encoder_layers=3,
+        encoder_res_blocks=2,
+        nz=50,
+        z_emb_dim=128,
+    )
     new = convert_official_generator_state_dict(net, official, source="netG.pth")
     net.load_state_dict(new, strict=True)
     assert len(new) == len(official)
     assert torch.equal(net.time_embed[0].weight, official["module.all_modules.0.weight"])
-    assert torch.equal(net.image_encoder.blocks[0].in_layers[2].weight, official["module.all_modules.3.0.in_layers.2.weight"])
+    assert torch.equal(
+        net.image_encoder.blocks[0].in_layers[2].weight, official["module.all_modules.3.0.in_layers.2.weight"]
+    )
     assert torch.equal(net.out_conv.weight, official[f"module.all_modules.{len(net.official_module_order) - 1}.weight"])
     assert torch.equal(net.z_transform[7].weight, official["module.z_transform.7.weight"])
 
@@ -360,14 +460,30 @@ def test_convert_official_generator_checkpoint(tmp_path):
     import subprocess
 
     hip = BUNDLE / "configs" / "hippocampus.json"
-    r = subprocess.run([sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "cdal", "--src", str(src), "--dst",
-                        str(dst), "--override", str(hip)], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "convert_checkpoint.py"),
+            "cdal",
+            "--src",
+            str(src),
+            "--dst",
+            str(dst),
+            "--override",
+            str(hip),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     saved = torch.load(dst, weights_only=True)["model"]
     assert all(torch.equal(saved[k], v) for k, v in new.items())
     # a checkpoint of another configuration is refused with the key/shape problems listed
     with pytest.raises(BadInputError, match="does not fit this generator configuration.*shape mismatch"):
-        convert_official_generator_state_dict(CDALGenerator(**{**TINY, "image_channels": 1, "label_channels": 3}), official)
+        convert_official_generator_state_dict(
+            CDALGenerator(**{**TINY, "image_channels": 1, "label_channels": 3}), official
+        )
     del official["module.all_modules.5.0.in_layers.0.weight"]
     with pytest.raises(BadInputError, match=r"1 official key\(s\) missing"):
         convert_official_generator_state_dict(net, official, source="netG.pth")

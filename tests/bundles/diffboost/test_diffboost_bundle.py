@@ -31,11 +31,16 @@ def test_validate_bundle_passes() -> None:
     """validate_bundle parses every config alone and with demo.json merged, and runs network_def at 384^2."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "validate_bundle.py"), str(BUNDLE)],
-        capture_output=True, text=True, env=_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "VALID: " in proc.stdout and "[PASS] configs: train.json + demo.json" in proc.stdout
-    assert "(1, 1, 384, 384) -> (1, 2, 384, 384), 2,742,830 parameters" in proc.stdout  # bundles/diffboost/docs/sources.md §4: 2.74 M
+    assert (
+        "(1, 1, 384, 384) -> (1, 2, 384, 384), 2,742,830 parameters" in proc.stdout
+    )  # bundles/diffboost/docs/sources.md §4: 2.74 M
 
 
 RUN_ALL = """

@@ -181,4 +181,7 @@ def test_volume_evaluation_stacks_the_slices_of_each_source_case(tmp_path: Path)
     make_busi_like(busi / "raw", n_benign=0, n_malignant=3, n_normal=0, size=(24, 24))
     bpath = get_converter("busi").convert(busi / "raw", busi / "dl")
     assert volume_metrics.VolumeEvaluation(bpath, "test", preds, tmp_path / "v2").run() is None
-    assert volume_metrics.VolumeEvaluation(path, "test", tmp_path / "none", tmp_path / "v3", skip_if_missing=True).run() is None
+    assert (
+        volume_metrics.VolumeEvaluation(path, "test", tmp_path / "none", tmp_path / "v3", skip_if_missing=True).run()
+        is None
+    )

@@ -116,7 +116,8 @@ def _edge_weights_module():
 
 @pytest.mark.parametrize("stage", ["train_controlnet.json", "synthesize.json"])
 def test_paper_scale_configs_default_to_hed_and_stop_when_the_weights_are_missing(tmp_path: Path, stage: str) -> None:
-    """bundles/diffboost/docs/sources.md §1.2/§8: HED soft edges at paper scale; a missing file is a named error with the download source."""
+    """bundles/diffboost/docs/sources.md §1.2/§8: HED soft edges at paper scale; a missing file is a named error with
+    the download source."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(_diffboost_config("train.json", stage))  # a stage stacked on train.json
@@ -149,7 +150,8 @@ def test_paper_scale_configs_default_to_hed_and_stop_when_the_weights_are_missin
 
 
 def test_large_files_lists_the_hed_weights_and_controlnet_epochs_follow_the_code_for_busi() -> None:
-    """large_files.yml names the HED source; bundles/diffboost/docs/sources.md §2.3/§9: the code's breast schedule (1600 epochs, batch 32)."""
+    """large_files.yml names the HED source; bundles/diffboost/docs/sources.md §2.3/§9: the code's breast schedule (1600
+    epochs, batch 32)."""
     text = (REPO_ROOT / "bundles/diffboost/large_files.yml").read_text()
     assert 'path: "models/network-bsds500.pth"' in text
     assert 'url: "https://huggingface.co/lllyasviel/Annotators/resolve/main/network-bsds500.pth"' in text

@@ -48,8 +48,13 @@ def trained(demo_data, tmp_path_factory):
     from ignite.engine import Events
 
     work = tmp_path_factory.mktemp("textdiff_run")
-    overrides = {"dataset_dir": str(demo_data.parent), "datalist": str(demo_data), "output_dir": str(work / "eval"),
-                 "ckpt_dir": str(work / "models"), "max_epochs": 10}
+    overrides = {
+        "dataset_dir": str(demo_data.parent),
+        "datalist": str(demo_data),
+        "output_dir": str(work / "eval"),
+        "ckpt_dir": str(work / "models"),
+        "max_epochs": 10,
+    }
     parser = _parser(["train.json", "demo.json"], **overrides)
     parser.get_parsed_content("initialize")
     trainer = parser.get_parsed_content("train#trainer")
@@ -101,7 +106,9 @@ def test_text_changes_the_mask_and_reload_is_identical(trained, demo_data):
     # the final checkpoint (model_last.pt) reloaded into a fresh network gives exactly the trained network's outputs
     from common.io.checkpoints import load_network_weights
 
-    reloaded = load_network_weights(parser.get_parsed_content("network_def"), trained["work"] / "models" / "model_last.pt")
+    reloaded = load_network_weights(
+        parser.get_parsed_content("network_def"), trained["work"] / "models" / "model_last.pt"
+    )
     trained_net = trained["network"].eval()
     with torch.no_grad():
         text = ["The nuclei are evenly distributed."]
@@ -111,10 +118,24 @@ def test_text_changes_the_mask_and_reload_is_identical(trained, demo_data):
 def test_inference_and_evaluation_end_to_end(trained, demo_data):
     out = trained["work"] / "infer"
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           "['configs/inference.json','configs/evaluate.json','configs/demo.json']",
-           "--meta_file", "configs/metadata.json", "--dataset_dir", str(demo_data.parent), "--datalist", str(demo_data),
-           "--output_dir", str(out), "--ckpt_dir", str(trained["work"] / "models")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/evaluate.json','configs/demo.json']",
+        "--meta_file",
+        "configs/metadata.json",
+        "--dataset_dir",
+        str(demo_data.parent),
+        "--datalist",
+        str(demo_data),
+        "--output_dir",
+        str(out),
+        "--ckpt_dir",
+        str(trained["work"] / "models"),
+    ]
     r = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     cases = json.loads(demo_data.read_text())["test"]
@@ -156,11 +177,15 @@ def test_bad_inputs_have_clear_messages(trained, demo_data, tmp_path):
     # wrong channels: a grayscale PNG
     grey = tmp_path / "grey.png"
     Image.fromarray(np.asarray(Image.open(image_path).convert("L"))).save(grey)
-    _assert_bad_input(lambda: pre({**case, "image": str(grey)}), r"grey.png: expected 3 channel\(s\) in the image, got 1")
+    _assert_bad_input(
+        lambda: pre({**case, "image": str(grey)}), r"grey.png: expected 3 channel\(s\) in the image, got 1"
+    )
     # missing text without default_text (the paper-scale default): names the case and the fix
     strict = _inference_objects(trained, default_text=None)
-    _assert_bad_input(lambda: strict.get_parsed_content("preprocessing")({"case_id": "c9", "image": str(image_path)}),
-                      r"case c9: no report text for this case.*default_text")
+    _assert_bad_input(
+        lambda: strict.get_parsed_content("preprocessing")({"case_id": "c9", "image": str(image_path)}),
+        r"case c9: no report text for this case.*default_text",
+    )
     with pytest.raises(BadInputError, match=r"case c9: no report text for this case"):
         strict.get_parsed_content("inferer")(torch.zeros(1, 3, 64, 64), trained["network"], case_ids=["c9"])
     # corrupt and foreign checkpoints
@@ -174,17 +199,30 @@ def test_bad_inputs_have_clear_messages(trained, demo_data, tmp_path):
     with pytest.raises(BadInputError, match="do not fit the network"):
         load_network_weights(full_scale, good)
     # the paper-scale UNet checkpoint missing: names the file
-    small = _parser(["inference.json"], adm_checkpoint=str(tmp_path / "256x256_diffusion_uncond.pt"),
-                    unet_model_channels=32, unet_channel_mult=[1, 1, 2], unet_num_res_blocks=1,
-                    unet_attention_resolutions=[16], unet_num_head_channels=32)
-    _assert_bad_input(lambda: small.get_parsed_content("diffusion_unet_def"),
-                      r"256x256_diffusion_uncond.pt: guided-diffusion checkpoint not found.*openaipublic")
+    small = _parser(
+        ["inference.json"],
+        adm_checkpoint=str(tmp_path / "256x256_diffusion_uncond.pt"),
+        unet_model_channels=32,
+        unet_channel_mult=[1, 1, 2],
+        unet_num_res_blocks=1,
+        unet_attention_resolutions=[16],
+        unet_num_head_channels=32,
+    )
+    _assert_bad_input(
+        lambda: small.get_parsed_content("diffusion_unet_def"),
+        r"256x256_diffusion_uncond.pt: guided-diffusion checkpoint not found.*openaipublic",
+    )
 
 
 def test_training_preprocessing_with_augmentation(demo_data, tmp_path):
     """Without the feature cache the paper's augmentation runs (rot90 + flip / rotation / nothing), jointly."""
-    parser = _parser(["train.json", "demo.json"], dataset_dir=str(demo_data.parent), datalist=str(demo_data),
-                     output_dir=str(tmp_path), use_feature_cache=False)
+    parser = _parser(
+        ["train.json", "demo.json"],
+        dataset_dir=str(demo_data.parent),
+        datalist=str(demo_data),
+        output_dir=str(tmp_path),
+        use_feature_cache=False,
+    )
     pre = parser.get_parsed_content("train#preprocessing")
     names = [type(t).__name__ for t in pre.transforms]
     assert "OneOf" in names and names.index("OneOf") < names.index("ScaleIntensityRanged")  # zero fill = black
@@ -200,8 +238,13 @@ def test_training_preprocessing_with_augmentation(demo_data, tmp_path):
         assert -1.0 <= float(o["image"].min()) and float(o["image"].max()) <= 1.0
     assert len({o["image"].sum().item() for o in outs}) > 1  # augmentation is random
     set_determinism(None)
-    cached = _parser(["train.json", "demo.json"], dataset_dir=str(demo_data.parent), datalist=str(demo_data),
-                     output_dir=str(tmp_path), use_feature_cache=True).get_parsed_content("train#preprocessing")
+    cached = _parser(
+        ["train.json", "demo.json"],
+        dataset_dir=str(demo_data.parent),
+        datalist=str(demo_data),
+        output_dir=str(tmp_path),
+        use_feature_cache=True,
+    ).get_parsed_content("train#preprocessing")
     assert "OneOf" not in [type(t).__name__ for t in cached.transforms]  # cached features: no augmentation
 
 
@@ -220,8 +263,16 @@ def test_validate_bundle_with_the_demo_override():
 def test_training_set_smaller_than_one_batch_is_a_named_error(demo_data, tmp_path):
     """drop_last with fewer cases than batch_size (or a torchrun rank's smaller share) gives an empty epoch, which
     ignite only warns about: the bundle refuses it with a message naming the loader, the cases and the batch size."""
-    overrides = {"dataset_dir": str(demo_data.parent), "datalist": str(demo_data), "output_dir": str(tmp_path / "eval"),
-                 "ckpt_dir": str(tmp_path / "models"), "num_train_cases": 1, "batch_size": 2}
+    overrides = {
+        "dataset_dir": str(demo_data.parent),
+        "datalist": str(demo_data),
+        "output_dir": str(tmp_path / "eval"),
+        "ckpt_dir": str(tmp_path / "models"),
+        "num_train_cases": 1,
+        "batch_size": 2,
+    }
     parser = _parser(["train.json", "demo.json"], **overrides)
-    _assert_bad_input(lambda: parser.get_parsed_content("train#trainer"),
-                      r"train#dataloader: the data loader yields no batch: 1 case\(s\).*batch_size 2")
+    _assert_bad_input(
+        lambda: parser.get_parsed_content("train#trainer"),
+        r"train#dataloader: the data loader yields no batch: 1 case\(s\).*batch_size 2",
+    )

@@ -16,8 +16,14 @@ with bundle_scripts("textdiff"):
     from scripts.inferer import TextGuidedFeatureInferer
     from scripts.text_guided_head import TextGuidedPixelClassifier
 
-TINY_UNET = dict(image_size=32, model_channels=32, channel_mult=(1, 1, 2), num_res_blocks=1,
-                 attention_resolutions=(8,), num_head_channels=32)
+TINY_UNET = dict(
+    image_size=32,
+    model_channels=32,
+    channel_mult=(1, 1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(8,),
+    num_head_channels=32,
+)
 TINY_BLOCKS = (1, 2, 3, 5)
 
 
@@ -29,9 +35,16 @@ def extractor() -> DiffusionFeatureExtractor:
 
 def tiny_head(extractor, context_dim=16, use_text=True) -> TextGuidedPixelClassifier:
     torch.manual_seed(0)
-    return TextGuidedPixelClassifier(extractor.feature_channels(), context_dim=context_dim, proj_dim=32,
-                                     num_heads=2, attention_dim=32, decoder_channels=(16, 8), output_size=32,
-                                     use_text=use_text)
+    return TextGuidedPixelClassifier(
+        extractor.feature_channels(),
+        context_dim=context_dim,
+        proj_dim=32,
+        num_heads=2,
+        attention_dim=32,
+        decoder_channels=(16, 8),
+        output_size=32,
+        use_text=use_text,
+    )
 
 
 class FakeTextEncoder(torch.nn.Module):
@@ -50,7 +63,8 @@ class FakeTextEncoder(torch.nn.Module):
 
 
 def test_head_parameter_count_matches_the_paper():
-    """MoNuSeg config: 9,683,234 trainable parameters (paper: 9.68 M); QaTa config 10,862,882 (bundles/textdiff/docs/sources.md §2.3)."""
+    """MoNuSeg config: 9,683,234 trainable parameters (paper: 9.68 M); QaTa config 10,862,882
+    (bundles/textdiff/docs/sources.md §2.3)."""
     head = TextGuidedPixelClassifier(feature_channels=(1536, 1536, 768, 768))
     assert sum(p.numel() for p in head.parameters() if p.requires_grad) == 9_683_234
     assert sum(p.numel() for p in head.cross1.parameters()) == 3_745_536
@@ -66,8 +80,15 @@ def test_head_parameter_count_matches_the_paper():
 
 
 def test_head_forward_shapes_and_text_dependence():
-    head = TextGuidedPixelClassifier(feature_channels=(24, 24, 8, 8), context_dim=16, proj_dim=8, num_heads=2,
-                                     attention_dim=8, decoder_channels=(8, 4), output_size=32).eval()
+    head = TextGuidedPixelClassifier(
+        feature_channels=(24, 24, 8, 8),
+        context_dim=16,
+        proj_dim=8,
+        num_heads=2,
+        attention_dim=8,
+        decoder_channels=(8, 4),
+        output_size=32,
+    ).eval()
     feats = [torch.randn(2, 24, 4, 4), torch.randn(2, 24, 8, 8), torch.randn(2, 8, 16, 16), torch.randn(2, 8, 32, 32)]
     ctx_a, ctx_b = torch.randn(2, 10, 16), torch.randn(2, 10, 16)
     out = head(feats, ctx_a)
@@ -78,8 +99,9 @@ def test_head_forward_shapes_and_text_dependence():
         head([feats[0], feats[2], feats[2], feats[3]], ctx_a)
     with pytest.raises(BadInputError, match="needs the text tokens"):
         head(feats, None)
-    no_text = TextGuidedPixelClassifier(feature_channels=(24, 24, 8, 8), proj_dim=8, decoder_channels=(8, 4),
-                                        output_size=32, use_text=False)
+    no_text = TextGuidedPixelClassifier(
+        feature_channels=(24, 24, 8, 8), proj_dim=8, decoder_channels=(8, 4), output_size=32, use_text=False
+    )
     assert no_text.cross1 is None and no_text(feats, None).shape == (2, 2, 32, 32)
 
 
@@ -91,7 +113,9 @@ def test_feature_extractor_shapes_noise_and_hooks(extractor):
     assert all(torch.equal(a, b) for a, b in zip(feats, extractor(x0)))  # one fixed noise draw
     other = extractor(x0, noise_index=1)
     assert not torch.allclose(feats[0], other[0])
-    assert torch.equal(extractor.noise((1, 3, 32, 32), 0), torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(40)))
+    assert torch.equal(
+        extractor.noise((1, 3, 32, 32), 0), torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(40))
+    )
     # same values as a plain full forward of the UNet hooked by hand (the early stop changes nothing)
     unet = extractor.unet
     eps = extractor.noise((1, 3, 32, 32), 0)
@@ -120,16 +144,33 @@ def test_feature_extractor_shapes_noise_and_hooks(extractor):
 
 
 def test_loss_is_ce_plus_1p5_dice_on_raw_logits():
-    """train.json's DiceCELoss config equals the official CE + 1.5 * DiceLoss(softmax=False) (bundles/textdiff/docs/sources.md §4)."""
+    """train.json's DiceCELoss config equals the official CE + 1.5 * DiceLoss(softmax=False)
+    (bundles/textdiff/docs/sources.md §4)."""
     from monai.losses import DiceCELoss
 
-    loss = DiceCELoss(include_background=True, to_onehot_y=True, softmax=False, squared_pred=True, smooth_nr=1e-5,
-                      smooth_dr=1e-5, batch=True, lambda_dice=1.5, lambda_ce=1.0)
+    loss = DiceCELoss(
+        include_background=True,
+        to_onehot_y=True,
+        softmax=False,
+        squared_pred=True,
+        smooth_nr=1e-5,
+        smooth_dr=1e-5,
+        batch=True,
+        lambda_dice=1.5,
+        lambda_ce=1.0,
+    )
     torch.manual_seed(0)
     logits, y = torch.randn(1, 2, 16, 16), (torch.rand(1, 1, 16, 16) > 0.7).long()
     onehot = torch.cat([1 - y, y], dim=1).float()
-    dice = sum(1 - (2 * (logits[:, c] * onehot[:, c]).sum() + 1e-5)
-               / ((logits[:, c] ** 2).sum() + (onehot[:, c] ** 2).sum() + 1e-5) for c in range(2)) / 2
+    dice = (
+        sum(
+            1
+            - (2 * (logits[:, c] * onehot[:, c]).sum() + 1e-5)
+            / ((logits[:, c] ** 2).sum() + (onehot[:, c] ** 2).sum() + 1e-5)
+            for c in range(2)
+        )
+        / 2
+    )
     ce = torch.nn.functional.cross_entropy(logits, y[:, 0])
     assert torch.allclose(loss(logits, y), ce + 1.5 * dice, atol=1e-6)
 
@@ -156,8 +197,12 @@ def test_inferer_text_default_uncertainty_and_cache(tmp_path, extractor):
     assert probs.shape == (2, 2, 32, 32) and torch.allclose(probs.sum(1), torch.ones(2, 32, 32), atol=1e-5)
     with pytest.raises(BadInputError, match=r"case case-7: no report text for this case.*default_text"):
         inf(image[:1], head, texts=None, case_ids=["case-7"])
-    with_default = TextGuidedFeatureInferer(extractor, FakeTextEncoder(), default_text="The nuclei are evenly distributed.")
-    assert torch.allclose(with_default(image[:1], head), with_default(image[:1], head, texts=["The nuclei are evenly distributed."]))
+    with_default = TextGuidedFeatureInferer(
+        extractor, FakeTextEncoder(), default_text="The nuclei are evenly distributed."
+    )
+    assert torch.allclose(
+        with_default(image[:1], head), with_default(image[:1], head, texts=["The nuclei are evenly distributed."])
+    )
     unc = inf.with_uncertainty()(image, head, texts=["a", "b"])
     assert unc.shape == (2, 3, 32, 32) and (unc[:, 2] >= 0).all() and unc[:, 2].max() > 0
     one_unc = TextGuidedFeatureInferer(extractor, FakeTextEncoder()).with_uncertainty()(image, head, texts=["a", "b"])
@@ -269,7 +314,9 @@ def test_text_guided_inferer_uncertainty_is_hand_computed_variance():
     inf = Inferer(lambda image, noise_index=0: [image], None, num_samples=2, use_text=False)
     out = inf.with_uncertainty()(torch.zeros(1, 3, 4, 4), Draws())
     assert out.shape == (1, 3, 4, 4)
-    assert torch.allclose(out[:, 1], torch.full((1, 4, 4), 0.4)) and torch.allclose(out[:, 2], torch.full((1, 4, 4), 0.04))
+    assert torch.allclose(out[:, 1], torch.full((1, 4, 4), 0.4)) and torch.allclose(
+        out[:, 2], torch.full((1, 4, 4), 0.04)
+    )
 
 
 def test_inference_transforms():

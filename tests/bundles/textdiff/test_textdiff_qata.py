@@ -1,4 +1,5 @@
-"""QaTa-COV19 / LViT-layout converter, the stdlib .xlsx reader, and synthetic QaTa-layout data (bundles/textdiff/docs/sources.md §1)."""
+"""QaTa-COV19 / LViT-layout converter, the stdlib .xlsx reader, and synthetic QaTa-layout data
+(bundles/textdiff/docs/sources.md §1)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,27 @@ from common.errors import BadInputError
 
 
 def test_xlsx_round_trip_and_errors(tmp_path):
-    path = write_xlsx_table(tmp_path / "t.xlsx", ["Image", "Description"],
-                            [["mask_covid_1.png", "Bilateral pulmonary infection, two infected areas & more <x>."],
-                             ["mask_covid_2.png", "Unilateral pulmonary infection, one infected area, lower left lung."]])
-    assert read_xlsx_rows(path)[1] == ["mask_covid_1.png", "Bilateral pulmonary infection, two infected areas & more <x>."]
+    path = write_xlsx_table(
+        tmp_path / "t.xlsx",
+        ["Image", "Description"],
+        [
+            ["mask_covid_1.png", "Bilateral pulmonary infection, two infected areas & more <x>."],
+            ["mask_covid_2.png", "Unilateral pulmonary infection, one infected area, lower left lung."],
+        ],
+    )
+    assert read_xlsx_rows(path)[1] == [
+        "mask_covid_1.png",
+        "Bilateral pulmonary infection, two infected areas & more <x>.",
+    ]
     assert read_lvit_text_table(path)["mask_covid_2"].startswith("Unilateral")
     # inline strings and numbers, as other writers produce
-    sheet = ('<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>'
-             '<row r="1"><c r="A1" t="inlineStr"><is><t>Image</t></is></c><c r="B1" t="inlineStr"><is><t>Description</t></is></c></row>'
-             '<row r="2"><c r="A2" t="inlineStr"><is><t>a.png</t></is></c><c r="C2"><v>3</v></c></row></sheetData></worksheet>')
+    sheet = (
+        '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>'
+        '<row r="1"><c r="A1" t="inlineStr"><is><t>Image</t></is></c><c r="B1" '
+        't="inlineStr"><is><t>Description</t></is></c></row>'
+        '<row r="2"><c r="A2" t="inlineStr"><is><t>a.png</t></is></c><c '
+        'r="C2"><v>3</v></c></row></sheetData></worksheet>'
+    )
     other = tmp_path / "inline.xlsx"
     with zipfile.ZipFile(other, "w") as z:
         z.writestr("xl/worksheets/sheet1.xml", sheet)
@@ -68,7 +81,9 @@ def test_qata_converter_errors_name_the_file(tmp_path):
     (tmp_path / "raw" / "Test_Folder" / "Test_text.xlsx").unlink()
     with pytest.raises(BadInputError, match=r"Test_text.xlsx: text table missing"):
         get_converter("qata").convert(tmp_path / "raw", tmp_path / "o2")
-    write_xlsx_table(tmp_path / "raw" / "Test_Folder" / "Test_text.xlsx", ["Image", "Description"], [["other.png", "x"]])
+    write_xlsx_table(
+        tmp_path / "raw" / "Test_Folder" / "Test_text.xlsx", ["Image", "Description"], [["other.png", "x"]]
+    )
     with pytest.raises(BadInputError, match=r"no description for mask_covid_20001.png"):
         get_converter("qata").convert(tmp_path / "raw", tmp_path / "o3")
     next((tmp_path / "raw" / "Train_Folder" / "labelcol").iterdir()).unlink()

@@ -32,6 +32,7 @@ def textdiffseg_scripts():
     with bundle_scripts("textdiffseg"):
         yield
 
+
 TINY = {
     "roi_size": [16, 16, 16],
     "label_ae_channels": [8, 16],
@@ -62,8 +63,12 @@ def data(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tds_data")
     make_msd_like(root / "raw", n_train=8, n_test=2, shape_range=(24, 28), seed=3)
     datalist = get_converter("msd").convert(root / "raw", root / "msd", seed=0)
-    return {"dataset_dir": str(datalist.parent), "datalist": str(datalist), "output_dir": str(root / "out"),
-            "ckpt_dir": str(root / "models")}
+    return {
+        "dataset_dir": str(datalist.parent),
+        "datalist": str(datalist),
+        "output_dir": str(root / "out"),
+        "ckpt_dir": str(root / "models"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +110,16 @@ def test_paper_default_ema_export_writes_the_ema_weights_to_model_pt(tmp_path, d
     small.write_text(json.dumps({**doc, "training": [one], "validation": [], "test": []}))
     ckpt_dir = tmp_path / "models"
     torch.manual_seed(0)
-    p = _parser(["train.json", "demo.json"], {**data, "datalist": str(small), "ckpt_dir": str(ckpt_dir)},
-                final_weights="ema", ema_decay=0.5, max_epochs=1, warmup_epochs=0, patches_per_volume=1, resume=False)
+    p = _parser(
+        ["train.json", "demo.json"],
+        {**data, "datalist": str(small), "ckpt_dir": str(ckpt_dir)},
+        final_weights="ema",
+        ema_decay=0.5,
+        max_epochs=1,
+        warmup_epochs=0,
+        patches_per_volume=1,
+        resume=False,
+    )
     p.get_parsed_content("initialize")
     trainer = p.get_parsed_content("train#trainer")
     init = {k: v.detach().clone() for k, v in p.get_parsed_content("network").named_parameters()}

@@ -39,9 +39,17 @@ def _parser(*overrides: str) -> ConfigParser:
 def _small(**kw):
     from scripts.network import TextDiffSegNet
 
-    args = dict(num_classes=3, text_dim=16, label_ae_channels=(8, 16), image_encoder_channels=(8, 16),
-                norm_num_groups=8, denoiser_channels=(8, 16), denoiser_attention_levels=(False, True),
-                denoiser_norm_groups=8, fusion_hidden_size=16)
+    args = dict(
+        num_classes=3,
+        text_dim=16,
+        label_ae_channels=(8, 16),
+        image_encoder_channels=(8, 16),
+        norm_num_groups=8,
+        denoiser_channels=(8, 16),
+        denoiser_attention_levels=(False, True),
+        denoiser_norm_groups=8,
+        fusion_hidden_size=16,
+    )
     args.update(kw)
     return TextDiffSegNet(**args)
 

@@ -500,8 +500,9 @@ def test_folder_with_labels_splits_and_texts_come_from_a_file(tmp_path):
     src = _own_2d(tmp_path / "mine", n=10)
     texts = tmp_path / "texts.csv"
     texts.write_text("image,text\n" + "".join(f"img{i}.png,Case {i} text.\n" for i in range(10)))
-    path = get_converter("folder").convert(src, tmp_path / "out", text_file=str(texts), val_fraction=0.2,
-                                           label_names=["nucleus"], modality="histology")
+    path = get_converter("folder").convert(
+        src, tmp_path / "out", text_file=str(texts), val_fraction=0.2, label_names=["nucleus"], modality="histology"
+    )
     doc = read_datalist(path)
     assert (len(doc["training"]), len(doc["validation"]), len(doc["test"])) == (6, 2, 2)
     case = load_datalist(path, "training")[0]

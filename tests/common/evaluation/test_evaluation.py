@@ -137,8 +137,11 @@ def test_torch_hd95_fallback_matches_monai(monkeypatch):
     rng = np.random.default_rng(7)
     pairs = [
         (ball((40, 44), (20, 20), (12, 9)), ball((40, 44), (23, 26), (8, 14)), None),
-        (ball((40, 44), (20, 20), (12, 9)), ball((40, 44), (18, 15), (5, 5)) | ball((40, 44), (5, 38), (3, 3)),
-         (0.7, 2.0)),
+        (
+            ball((40, 44), (20, 20), (12, 9)),
+            ball((40, 44), (18, 15), (5, 5)) | ball((40, 44), (5, 38), (3, 3)),
+            (0.7, 2.0),
+        ),
         (ball((16, 20, 20), (8, 9, 10), (5, 7, 6)), ball((16, 20, 20), (9, 11, 9), (4, 6, 8)), (2.5, 0.8, 1.1)),
         (rng.random((20, 24)) > 0.6, rng.random((20, 24)) > 0.7, (1.0, 1.5)),
     ]
@@ -198,8 +201,13 @@ def test_report_csv_and_summary_match_rows(tmp_path):
     text = paths["summary"].read_text()
     summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     c1, c2 = summary["per_class"]["c1"], summary["per_class"]["c2"]
-    assert c1["dice"] == {"mean": pytest.approx(0.7), "std": pytest.approx(0.1), "median": pytest.approx(0.7),
-                          "n": 2, "n_nan": 0}
+    assert c1["dice"] == {
+        "mean": pytest.approx(0.7),
+        "std": pytest.approx(0.1),
+        "median": pytest.approx(0.7),
+        "n": 2,
+        "n_nan": 0,
+    }
     assert c2["hd95"] == {"mean": 0.0, "std": 0.0, "median": 0.0, "n": 1, "n_nan": 1}
     # over classes: per-case means a = 0.6, b = 0.8 (dice); hd95 a = 2 (NaN ignored), b = 2
     assert summary["over_classes"]["dice"]["mean"] == pytest.approx(0.7)
@@ -258,10 +266,18 @@ def test_evaluate_cases_png_writes_report_and_overlays(tmp_path):
     unc = (rng.random((40, 48)) * 0.5).astype(np.float32)
     np.save(tmp_path / "unc.npy", unc)
     cases = [
-        {"case_id": "img/1", "image": save_png(tmp_path / "i1.png", image), "label": save_png(tmp_path / "l1.png", gt),
-         "pred": save_png(tmp_path / "p1.png", pred), "uncertainty": str(tmp_path / "unc.npy")},
-        {"image": save_png(tmp_path / "i2.png", image), "label": save_png(tmp_path / "l2.png", gt),
-         "pred": save_png(tmp_path / "p2.png", (gt > 0).astype(np.uint8))},
+        {
+            "case_id": "img/1",
+            "image": save_png(tmp_path / "i1.png", image),
+            "label": save_png(tmp_path / "l1.png", gt),
+            "pred": save_png(tmp_path / "p1.png", pred),
+            "uncertainty": str(tmp_path / "unc.npy"),
+        },
+        {
+            "image": save_png(tmp_path / "i2.png", image),
+            "label": save_png(tmp_path / "l2.png", gt),
+            "pred": save_png(tmp_path / "p2.png", (gt > 0).astype(np.uint8)),
+        },
     ]
     out = tmp_path / "eval"
     summary = evaluate_cases(cases, num_classes=2, out_dir=out, class_names=["nucleus"], overlay_min_size=None)
@@ -341,21 +357,27 @@ def test_segmentation_evaluation_as_bundle_step(tmp_path):
     (preds / "a").mkdir(parents=True)
     save_nifti(preds / "a" / "a_seg.nii.gz", gt)  # SaveImage(separate_folder=True) layout
     save_nifti(preds / "b_seg.nii.gz", np.zeros_like(gt))  # flat layout, empty prediction
-    datalist = {"test": [{"image": "data/a.nii.gz", "label": "data/a_label.nii.gz"},
-                            {"image": "data/b.nii.gz", "label": "data/b_label.nii.gz"}]}
+    datalist = {
+        "test": [
+            {"image": "data/a.nii.gz", "label": "data/a_label.nii.gz"},
+            {"image": "data/b.nii.gz", "label": "data/b_label.nii.gz"},
+        ]
+    }
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
 
-    parser = ConfigParser({
-        "evaluator": {
-            "_target_": "common.evaluation.SegmentationEvaluation",
-            "datalist_or_cases": str(tmp_path / "datalist.json"),
-            "pred_dir": str(preds),
-            "output_dir": str(tmp_path / "eval"),
-            "num_classes": 2,
-            "class_names": ["tumour"],
-        },
-        "run": ["$@evaluator.run()"],
-    })
+    parser = ConfigParser(
+        {
+            "evaluator": {
+                "_target_": "common.evaluation.SegmentationEvaluation",
+                "datalist_or_cases": str(tmp_path / "datalist.json"),
+                "pred_dir": str(preds),
+                "output_dir": str(tmp_path / "eval"),
+                "num_classes": 2,
+                "class_names": ["tumour"],
+            },
+            "run": ["$@evaluator.run()"],
+        }
+    )
     (summary,) = parser.get_parsed_content("run")
     assert summary["n_cases"] == 2
     assert summary["per_class"]["tumour"]["dice"]["mean"] == pytest.approx(0.5)
@@ -368,8 +390,9 @@ def test_segmentation_evaluation_as_bundle_step(tmp_path):
     with pytest.raises(BadInputError, match="a: no prediction 'a_seg"):
         missing.run()
     with pytest.raises(BadInputError, match="no 'validation' section"):
-        SegmentationEvaluation(str(tmp_path / "datalist.json"), preds, tmp_path / "e3", 2,
-                               datalist_key="validation").run()
+        SegmentationEvaluation(
+            str(tmp_path / "datalist.json"), preds, tmp_path / "e3", 2, datalist_key="validation"
+        ).run()
 
 
 # ------------------------------------------------------------------------------------------------ overlay
@@ -488,7 +511,9 @@ def test_segmentation_evaluation_picks_up_uncertainty_files_beside_predictions(t
     (tmp_path / "preds").mkdir()
     save_png(tmp_path / "preds" / "a_seg.png", gt)
     tifffile.imwrite(tmp_path / "preds" / "a_uncertainty.tif", np.full((20, 24), 0.25, np.float32))
-    (tmp_path / "datalist.json").write_text(json.dumps({"test": [{"image": "data/a.png", "label": "data/a_label.png"}]}))
+    (tmp_path / "datalist.json").write_text(
+        json.dumps({"test": [{"image": "data/a.png", "label": "data/a_label.png"}]})
+    )
     ev = SegmentationEvaluation(str(tmp_path / "datalist.json"), tmp_path / "preds", tmp_path / "eval", 2)
     (case,) = ev.cases()
     assert case["uncertainty"] == str(tmp_path / "preds" / "a_uncertainty.tif")

@@ -88,7 +88,9 @@ def test_seeded_noise_is_reproducible_and_uncertainty_comes_from_samples():
     assert (unc > 1e-4).float().mean() > 0.5
     assert torch.allclose(probs.sum(1), torch.ones(1, 12, 12, 12), atol=1e-5)
     # the oracle is deterministic: zero variance whatever the noise
-    exact = DDIMSlidingWindowInferer(8, scheduler=sched, num_samples=3, return_uncertainty=True)(image, OracleNet(sched))
+    exact = DDIMSlidingWindowInferer(8, scheduler=sched, num_samples=3, return_uncertainty=True)(
+        image, OracleNet(sched)
+    )
     assert exact[:, 2].abs().max() < 1e-5
 
 
@@ -117,8 +119,9 @@ class FixedSamplesNet(OracleNet):
 )
 def test_uncertainty_is_the_contract_foreground_variance(samples, expected_mean, expected_unc):
     sched = _scheduler()
-    out = DDIMSlidingWindowInferer((8, 8, 8), scheduler=sched, num_inference_steps=2, num_samples=2,
-                                   return_uncertainty=True)(torch.zeros(1, 1, 8, 8, 8), FixedSamplesNet(sched, samples))
+    out = DDIMSlidingWindowInferer(
+        (8, 8, 8), scheduler=sched, num_inference_steps=2, num_samples=2, return_uncertainty=True
+    )(torch.zeros(1, 1, 8, 8, 8), FixedSamplesNet(sched, samples))
     n = len(expected_mean)
     assert out.shape == (1, n + 1, 8, 8, 8)
     for c, m in enumerate(expected_mean):
@@ -134,7 +137,9 @@ def test_condition_kwargs_are_split_per_image_and_ddpm_works():
     out = DDIMSlidingWindowInferer(8, scheduler=sched)(image, net, shift=shift)
     assert out[0, 1].max() < 0.1 and out[1, 1].min() > 0.9
     ddpm = DDPMScheduler(num_train_timesteps=50, schedule="cosine", clip_sample=False)
-    out = DDIMSlidingWindowInferer(8, scheduler=ddpm, num_inference_steps=50)(torch.randn(1, 1, 8, 8, 8), OracleNet(ddpm))
+    out = DDIMSlidingWindowInferer(8, scheduler=ddpm, num_inference_steps=50)(
+        torch.randn(1, 1, 8, 8, 8), OracleNet(ddpm)
+    )
     assert out.shape == (1, 2, 8, 8, 8) and torch.isfinite(out).all()
 
 

@@ -21,8 +21,9 @@ class NoisyIdentity(SamplingInferer):
 
     def sample(self, inputs, network, **kwargs):
         gen = self.generator(inputs.device)
-        draws = torch.stack([torch.softmax(inputs + torch.randn(inputs.shape, generator=gen), 1)
-                             for _ in range(self.num_samples)])
+        draws = torch.stack(
+            [torch.softmax(inputs + torch.randn(inputs.shape, generator=gen), 1) for _ in range(self.num_samples)]
+        )
         return draws.mean(0), foreground_variance(draws)
 
 
@@ -52,8 +53,11 @@ def test_base_contract_seed_flag_and_copy():
 @pytest.mark.parametrize("cls", [DDIMSlidingWindowInferer, CDALInferer, TextGuidedFeatureInferer])
 def test_every_bundle_inferer_is_a_sampling_inferer_with_uncertainty_off(cls):
     assert issubclass(cls, SamplingInferer)
-    kwargs = {DDIMSlidingWindowInferer: dict(roi_size=8), CDALInferer: {},
-              TextGuidedFeatureInferer: dict(feature_extractor=torch.nn.Identity(), text_encoder=None, use_text=False)}
+    kwargs = {
+        DDIMSlidingWindowInferer: dict(roi_size=8),
+        CDALInferer: {},
+        TextGuidedFeatureInferer: dict(feature_extractor=torch.nn.Identity(), text_encoder=None, use_text=False),
+    }
     inf = cls(**kwargs[cls])
     assert inf.return_uncertainty is False and inf.with_uncertainty().return_uncertainty is True
 

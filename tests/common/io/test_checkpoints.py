@@ -21,8 +21,16 @@ REPO = REPO_ROOT
 
 def _unet_args(conditioned: bool) -> dict:
     args = dict(
-        spatial_dims=2, in_channels=1, out_channels=1, channels=(8, 16), attention_levels=(False, True),
-        num_res_blocks=1, norm_num_groups=8, num_head_channels=8, include_fc=False, use_combined_linear=False,
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        channels=(8, 16),
+        attention_levels=(False, True),
+        num_res_blocks=1,
+        norm_num_groups=8,
+        num_head_channels=8,
+        include_fc=False,
+        use_combined_linear=False,
     )
     if conditioned:
         args.update(with_conditioning=True, cross_attention_dim=4)
@@ -85,9 +93,20 @@ def test_cli_converts_nested_checkpoint(tmp_path):
     (tmp_path / "net.json").write_text(json.dumps(cfg))
     out = tmp_path / "model.pt"
     r = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "generative",
-         "--network", f"{tmp_path / 'net.json'}#network_def", "--src", str(tmp_path / "old.pt"), "--dst", str(out)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "tools" / "convert_checkpoint.py"),
+            "generative",
+            "--network",
+            f"{tmp_path / 'net.json'}#network_def",
+            "--src",
+            str(tmp_path / "old.pt"),
+            "--dst",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     sd = torch.load(out, weights_only=True)["model"]
@@ -96,10 +115,20 @@ def test_cli_converts_nested_checkpoint(tmp_path):
     cfg["network_def"]["channels"] = [8, 32]
     (tmp_path / "net.json").write_text(json.dumps(cfg))
     r = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "generative",
-         "--network", f"{tmp_path / 'net.json'}#network_def", "--src", str(tmp_path / "old.pt"),
-         "--dst", str(tmp_path / "other.pt")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "tools" / "convert_checkpoint.py"),
+            "generative",
+            "--network",
+            f"{tmp_path / 'net.json'}#network_def",
+            "--src",
+            str(tmp_path / "old.pt"),
+            "--dst",
+            str(tmp_path / "other.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 1 and "another network" in r.stderr and not (tmp_path / "other.pt").exists()
 

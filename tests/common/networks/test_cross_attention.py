@@ -55,7 +55,8 @@ def test_textdiffseg_one_channel_latent():
 
 
 def test_textdiff_block_parameter_count():
-    """bundles/textdiff/docs/sources.md §2.3: cross1 = 2 cross-attns (8 x 64) with post-LN, GELU->Linear FF: 3,745,536 parameters."""
+    """bundles/textdiff/docs/sources.md §2.3: cross1 = 2 cross-attns (8 x 64) with post-LN, GELU->Linear FF: 3,745,536
+    parameters."""
     block = TextConditionedTransformerBlock(
         2, 768, 768, hidden_size=512, num_heads=8, num_cross_attention=2, feed_forward="gelu_linear", out_norm=True
     )
@@ -173,5 +174,6 @@ def test_with_frozen_text_encoder_batch_independent(tiny_bert_dir, monkeypatch):
     batch = encoder(texts)
     alone = encoder(texts[1:])
     assert batch.tokens.shape[1] > alone.tokens.shape[1]
-    torch.testing.assert_close(fuse(x, batch.tokens, batch.mask)[1:], fuse(x[1:], alone.tokens, alone.mask),
-                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        fuse(x, batch.tokens, batch.mask)[1:], fuse(x[1:], alone.tokens, alone.mask), atol=1e-6, rtol=1e-5
+    )

@@ -28,13 +28,29 @@ from common.utils.bundles import REPO_ROOT
 REPO = REPO_ROOT
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-TINY = dict(image_size=32, in_channels=3, out_channels=6, model_channels=32, channel_mult=(1, 2, 2),
-            num_res_blocks=1, attention_resolutions=(16, 8), num_head_channels=16)
+TINY = dict(
+    image_size=32,
+    in_channels=3,
+    out_channels=6,
+    model_channels=32,
+    channel_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attention_resolutions=(16, 8),
+    num_head_channels=16,
+)
 
 
 # ------------------------------------------------------------------------------------------- ADM reference
-def official_adm_shapes(image_size, in_channels, out_channels, model_channels, channel_mult, num_res_blocks,
-                        attention_resolutions, num_head_channels) -> dict[str, tuple[int, ...]]:
+def official_adm_shapes(
+    image_size,
+    in_channels,
+    out_channels,
+    model_channels,
+    channel_mult,
+    num_res_blocks,
+    attention_resolutions,
+    num_head_channels,
+) -> dict[str, tuple[int, ...]]:
     """State-dict names and shapes of guided-diffusion's UNetModel (use_scale_shift_norm, resblock_updown)."""
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -142,8 +158,11 @@ def ref_adm_forward(sd, x, t, cfg, grab=()):
     freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
     args = t[:, None].float() * freqs[None]
     temb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    emb = F.linear(F.silu(F.linear(temb, sd["time_embed.0.weight"], sd["time_embed.0.bias"])),
-                   sd["time_embed.2.weight"], sd["time_embed.2.bias"])
+    emb = F.linear(
+        F.silu(F.linear(temb, sd["time_embed.0.weight"], sd["time_embed.0.bias"])),
+        sd["time_embed.2.weight"],
+        sd["time_embed.2.bias"],
+    )
     hc = cfg["num_head_channels"]
 
     def block(prefix, h):
@@ -198,8 +217,16 @@ def random_official_state_dict(cfg, seed=0) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------- tests
 def test_full_adm_matches_the_official_checkpoint_layout():
     """256x256 uncond: 552,814,086 parameters; every official key maps onto a MONAI key of the same shape."""
-    cfg = dict(image_size=256, in_channels=3, out_channels=6, model_channels=256, channel_mult=(1, 1, 2, 2, 4, 4),
-               num_res_blocks=2, attention_resolutions=(32, 16, 8), num_head_channels=64)
+    cfg = dict(
+        image_size=256,
+        in_channels=3,
+        out_channels=6,
+        model_channels=256,
+        channel_mult=(1, 1, 2, 2, 4, 4),
+        num_res_blocks=2,
+        attention_resolutions=(32, 16, 8),
+        num_head_channels=64,
+    )
     with torch.device("meta"):
         unet = adm_unet(**cfg)
         official = {k: torch.empty(s) for k, s in official_adm_shapes(**cfg).items()}
@@ -212,8 +239,13 @@ def test_full_adm_matches_the_official_checkpoint_layout():
     assert sum(isinstance(m, ScaleShiftResnetBlock) for m in unet.modules()) == 42
     # hook points and shapes of output_blocks (bundles/textdiff/docs/sources.md §2.1 table, §9)
     names = {id(m): n for n, m in unet.named_modules()}
-    expected = {4: "up_blocks.1.attentions.1", 6: "up_blocks.2.attentions.0", 8: "up_blocks.2.upsampler",
-                12: "up_blocks.4.resnets.0", 16: "up_blocks.5.resnets.1"}
+    expected = {
+        4: "up_blocks.1.attentions.1",
+        6: "up_blocks.2.attentions.0",
+        8: "up_blocks.2.upsampler",
+        12: "up_blocks.4.resnets.0",
+        16: "up_blocks.5.resnets.1",
+    }
     for i, name in expected.items():
         assert names[id(adm_output_block(unet, i))] == name
     shapes = adm_output_block_shapes(unet, 256)
@@ -236,8 +268,10 @@ def test_converted_tiny_adm_matches_reference_forward():
     t = torch.tensor([50, 250])
     n_out = len(adm_output_block_shapes(unet, 32))
     grabbed = {}
-    hooks = [adm_output_block(unet, i).register_forward_hook(lambda m, a, o, i=i: grabbed.__setitem__(i, o))
-             for i in range(n_out)]
+    hooks = [
+        adm_output_block(unet, i).register_forward_hook(lambda m, a, o, i=i: grabbed.__setitem__(i, o))
+        for i in range(n_out)
+    ]
     with torch.no_grad():
         out = unet(x, t)
         ref_out, ref_blocks = ref_adm_forward(official, x, t, TINY, grab=range(n_out))
@@ -247,7 +281,10 @@ def test_converted_tiny_adm_matches_reference_forward():
     assert torch.allclose(out, ref_out, atol=1e-5, rtol=1e-5), (out - ref_out).abs().max()
     for i in range(n_out):
         assert grabbed[i].shape == ref_blocks[i].shape
-        assert torch.allclose(grabbed[i], ref_blocks[i], atol=1e-5, rtol=1e-5), (i, (grabbed[i] - ref_blocks[i]).abs().max())
+        assert torch.allclose(grabbed[i], ref_blocks[i], atol=1e-5, rtol=1e-5), (
+            i,
+            (grabbed[i] - ref_blocks[i]).abs().max(),
+        )
 
 
 def test_wrong_architecture_is_rejected_with_the_keys_listed():
@@ -273,8 +310,20 @@ def test_convert_checkpoint_textdiff_cli(tmp_path, capsys):
     src = tmp_path / "256x256_diffusion_uncond.pt"
     torch.save(official, src)
     dst = tmp_path / "unet.pt"
-    flags = ["--image-size", "32", "--model-channels", "32", "--channel-mult", "1,2,2", "--num-res-blocks", "1",
-             "--attention-resolutions", "16,8", "--num-head-channels", "16"]
+    flags = [
+        "--image-size",
+        "32",
+        "--model-channels",
+        "32",
+        "--channel-mult",
+        "1,2,2",
+        "--num-res-blocks",
+        "1",
+        "--attention-resolutions",
+        "16,8",
+        "--num-head-channels",
+        "16",
+    ]
     assert _convert_cli("--src", str(src), "--dst", str(dst), *flags) == 0
     ckpt = torch.load(dst, weights_only=True)
     unet = adm_unet(**TINY)

@@ -10,8 +10,9 @@ from common.networks.label_autoencoder import LabelAutoencoder, StandardiseLaten
 
 
 def _tiny(num_classes: int = 3, latent_channels: int = 1) -> LabelAutoencoder:
-    return LabelAutoencoder(3, num_classes=num_classes, latent_channels=latent_channels, channels=(8, 16),
-                            norm_num_groups=8)
+    return LabelAutoencoder(
+        3, num_classes=num_classes, latent_channels=latent_channels, channels=(8, 16), norm_num_groups=8
+    )
 
 
 def _blob_labels(batch: int, size: int = 16, seed: int = 0) -> torch.Tensor:

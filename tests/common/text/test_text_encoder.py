@@ -35,8 +35,9 @@ def _reference(folder, texts, **tok_kwargs) -> tuple[torch.Tensor, torch.Tensor]
 def _count_model_calls(encoder: FrozenTextEncoder) -> list[int]:
     """Batch sizes of the calls of the wrapped transformers model."""
     calls: list[int] = []
-    encoder.model.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]),
-                                        with_kwargs=True)
+    encoder.model.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     return calls
 
 
@@ -57,7 +58,8 @@ def test_longest_padding_shapes_mask_and_values(tiny_bert_dir):
 
 
 def test_max_length_padding_matches_textdiff_tokenizer_call(tiny_bert_dir):
-    """bundles/textdiff/docs/sources.md §2.4: padding='max_length', truncation=True, max_length=10, last_hidden_state incl. [PAD]."""
+    """bundles/textdiff/docs/sources.md §2.4: padding='max_length', truncation=True, max_length=10, last_hidden_state
+    incl. [PAD]."""
     enc = FrozenTextEncoder(tiny_bert_dir, max_length=10, truncation=True, padding="max_length")
     out = enc([LONG, SHORT])
     assert out.tokens.shape == (2, 10, 32) and enc.max_length == 10

@@ -1,4 +1,5 @@
-"""Tests of common.transforms.checks: one test per bad-input case (message names the file/case and the problem) + valid inputs."""
+"""Tests of common.transforms.checks: one test per bad-input case (message names the file/case and the problem) + valid
+inputs."""
 
 from __future__ import annotations
 
@@ -394,6 +395,8 @@ def test_empty_training_loader_is_named_not_silently_skipped():
     from common.transforms.checks import check_loader_has_batches
 
     loader = DataLoader(list(range(3)), batch_size=4, drop_last=True)
-    with pytest.raises(BadInputError, match=r"train#dataloader: the data loader yields no batch: 3 case\(s\).*batch_size 4"):
+    with pytest.raises(
+        BadInputError, match=r"train#dataloader: the data loader yields no batch: 3 case\(s\).*batch_size 4"
+    ):
         check_loader_has_batches(loader)
     assert check_loader_has_batches(DataLoader(list(range(8)), batch_size=4, drop_last=True)) == 2

@@ -1,4 +1,5 @@
-"""Synthetic in-memory data and a pause handler for the resume test bundle (tests/common/training/test_training_resume.py)."""
+"""Synthetic in-memory data and a pause handler for the resume test bundle
+(tests/common/training/test_training_resume.py)."""
 
 from __future__ import annotations
 
