@@ -31,7 +31,6 @@ from common.evaluation.report import (
     EvaluationReport,
     SegmentationEvaluation,
     evaluate_cases,
-    read_array,
 )
 
 __all__ = [
@@ -54,5 +53,4 @@ __all__ = [
     "EvaluationReport",
     "SegmentationEvaluation",
     "evaluate_cases",
-    "read_array",
 ]

@@ -46,6 +46,7 @@ from common.evaluation.metrics import (
 )
 from common.evaluation.overlay import palette_description, save_overlay
 from common.io.atomic import atomic_write_bytes
+from common.io.images import read_image
 
 __all__ = [
     "PER_CASE_CSV",
@@ -53,7 +54,6 @@ __all__ = [
     "OVERLAY_DIR",
     "SUPPORTED_EXTENSIONS",
     "EvaluationReport",
-    "read_array",
     "evaluate_cases",
     "map_label_values",
     "SegmentationEvaluation",
@@ -66,7 +66,7 @@ OVERLAY_MIN_DISPLAY_SIZE = 256
 #: file name postfix of the per-case uncertainty maps written by sampling bundles (bundles/README.md)
 UNCERTAINTY_POSTFIX = "_uncertainty"
 OVERLAY_DIR = "overlays"
-#: file types :func:`read_array` reads, in the order predictions are searched for.
+#: file types of predictions / labels, in the order predictions are searched for (:func:`common.io.images.read_image`).
 SUPPORTED_EXTENSIONS = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".npy")
 
 METRIC_COLUMNS = ("dice", "iou", "hd95")
@@ -277,56 +277,6 @@ def _stem(path: str | PathLike) -> str:
     return p.name[: -len(ext)] if ext and p.name.lower().endswith(ext) else p.stem
 
 
-def read_array(path: str | PathLike) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """Read an image / label / prediction / uncertainty file into a numpy array and its voxel spacing.
-
-    Axis order follows the picture convention (rows first), which is also what MONAI's readers produce after
-    reversing their (x, y, z) order:
-
-    - NIfTI (``.nii``, ``.nii.gz``, nibabel): the stored (x, y[, z]) axes are reversed to (H, W) / (D, H, W);
-      spacing = the header's voxel sizes (mm) in the same reversed order. Trailing singleton axes are dropped.
-    - PNG (Pillow): (H, W) or (H, W, 3|4); spacing None.
-    - TIFF (tifffile): (H, W), (H, W, 3) or (D, H, W); spacing None.
-    - NumPy ``.npy`` (no pickles): as stored; spacing None.
-
-    Raises:
-        BadInputError: the file is missing, has an unsupported type, or cannot be read.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(p, "file not found")
-    ext = _extension(p)
-    try:
-        if ext in (".nii", ".nii.gz"):
-            import nibabel as nib
-
-            img = nib.load(str(p))
-            data = np.asanyarray(img.dataobj)
-            zooms = tuple(float(z) for z in img.header.get_zooms())
-            while data.ndim > 2 and data.shape[-1] == 1:
-                data = data[..., 0]
-            if data.ndim not in (2, 3):
-                raise BadInputError(p, f"expected a 2D or 3D NIfTI, got shape {data.shape}")
-            spacing = zooms[: data.ndim][::-1]
-            return np.ascontiguousarray(data.transpose(tuple(range(data.ndim))[::-1])), spacing
-        if ext == ".png":
-            from PIL import Image
-
-            with Image.open(p) as im:
-                return np.asarray(im).copy(), None
-        if ext in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(str(p))), None
-        if ext == ".npy":
-            return np.load(p, allow_pickle=False), None
-    except BadInputError:
-        raise
-    except Exception as exc:  # a corrupt or unreadable file: name it
-        raise BadInputError(p, f"cannot read the file ({type(exc).__name__}: {exc})") from exc
-    raise BadInputError(p, f"unsupported file type '{ext}'; use one of {', '.join(SUPPORTED_EXTENSIONS)}")
-
-
 def _label_map_from_file(a: np.ndarray, num_classes: int, path: Path, threshold: float) -> np.ndarray:
     """Label map of a label / prediction file: RGB with equal channels -> one channel; binary 0/255 masks -> 0/1."""
     if a.ndim == 3 and a.shape[-1] in (3, 4) and np.issubdtype(a.dtype, np.integer) and _extension(path) == ".png":
@@ -418,10 +368,10 @@ def evaluate_cases(
         label_path, pred_path = Path(case[label_key]), Path(case[pred_key])
         case_id = str(case.get(case_id_key) or _stem(label_path))
 
-        label_raw, spacing = read_array(label_path)
+        label_raw, spacing = read_image(label_path)
         if label_mapping:
             label_raw = map_label_values(label_raw, label_mapping)
-        pred_raw, pred_spacing = read_array(pred_path)
+        pred_raw, pred_spacing = read_image(pred_path)
         label = _label_map_from_file(label_raw, num_classes, label_path, threshold)
         pred = _label_map_from_file(pred_raw, num_classes, pred_path, threshold)
         if pred.shape != label.shape:
@@ -443,7 +393,7 @@ def evaluate_cases(
         uncertainty = None
         if case.get(uncertainty_key):
             unc_path = Path(case[uncertainty_key])
-            uncertainty = read_array(unc_path)[0].astype(np.float64)
+            uncertainty = read_image(unc_path)[0].astype(np.float64)
             if uncertainty.shape != label.shape:
                 raise BadInputError(
                     f"{unc_path} and {label_path}",
@@ -456,7 +406,7 @@ def evaluate_cases(
             image = None
             if case.get(image_key):
                 image_path = Path(case[image_key])
-                image = read_array(image_path)[0]
+                image = read_image(image_path)[0]
                 if image.shape[: label.ndim] != label.shape or image.ndim > label.ndim + (label.ndim == 2):
                     raise BadInputError(
                         f"{image_path} and {label_path}",

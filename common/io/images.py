@@ -1,8 +1,9 @@
 """Reading medical image files: the format from the file name, the right reader, errors that name the file.
 
 - :func:`check_file_exists` -- the path exists and is a non-empty file.
-- :func:`check_image_file` -- the header of a NIfTI / MetaImage / NRRD / DICOM / PNG / TIFF / JPEG file reads; returns
-  its shape (the pixel data is not decoded).
+- :func:`read_image` -- the one image reader: any NIfTI / MetaImage / NRRD / DICOM / PNG / TIFF / JPEG / NumPy file
+  into an array in one axis order (rows first) and its spacing; errors name the file and the reader.
+- :func:`check_image_file` -- the file reads completely; returns its shape.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from common.errors import BadInputError, short_message
 
-__all__ = ["check_file_exists", "check_image_file"]
+__all__ = ["check_file_exists", "check_image_file", "read_image"]
 
 
 # ----------------------------------------------------------------------------------------------------------- files
@@ -54,53 +55,71 @@ def _image_format(path: Path) -> str:
     return "sitk"  # .mha, .mhd, .nrrd, .dcm, ...
 
 
-def _read_image_file(path: Path, fmt: str) -> tuple[int, ...]:
-    """Read the whole file (so truncated data is detected, not only a valid header); returns the array shape."""
-    if fmt == "nifti":
-        import nibabel as nib
+def read_image(path: str | PathLike, what: str = "image") -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """Read an image / label / prediction / uncertainty file whole: (array, voxel spacing in mm or ``None``).
 
-        img = nib.load(str(path))
-        return tuple(np.asanyarray(img.dataobj).shape)
-    if fmt == "pil":
-        from PIL import Image
+    One axis convention for every format, the picture one (rows first), which is also what MONAI's readers give
+    after reversing their (x, y, z) order:
 
-        with Image.open(path) as im:
-            im.load()
-            return (im.height, im.width, len(im.getbands()))
-    if fmt == "tiff":
-        import tifffile
+    - NIfTI (``.nii``, ``.nii.gz``, ``.hdr``/``.img``; nibabel): the stored (x, y[, z]) axes reversed to (H, W) /
+      (D, H, W); spacing = the header's voxel sizes in the same order. Trailing singleton axes are dropped.
+    - PNG / JPEG / BMP / GIF (Pillow): (H, W) or (H, W, 3|4); spacing ``None``.
+    - TIFF (tifffile): (H, W), (H, W, 3) or (D, H, W); spacing ``None``.
+    - ``.npy`` / ``.npz`` (first array; no pickles): as stored; spacing ``None``.
+    - anything else (``.mha``, ``.mhd``, ``.nrrd``, DICOM; SimpleITK): (D, H, W) / (H, W), spacing reversed to match.
 
-        return tuple(tifffile.imread(path).shape)
-    if fmt == "npy":
-        return tuple(np.load(path, allow_pickle=False).shape)
-    if fmt == "npz":
-        with np.load(path, allow_pickle=False) as z:
-            return tuple(z[z.files[0]].shape) if z.files else ()
-    import SimpleITK as sitk
-
-    return tuple(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path))).shape)
-
-
-def check_image_file(path: str | PathLike, what: str = "image") -> tuple[int, ...]:
-    """Check that an image file exists and can be read completely with the reader for its extension.
-
-    NIfTI (``.nii``, ``.nii.gz``) via nibabel, PNG/JPEG via Pillow, TIFF via tifffile, ``.npy``/``.npz`` via numpy,
-    anything else via SimpleITK. The whole pixel data is read, so a truncated file is detected even when its header
-    is intact. Returns the array shape as stored in the file (reader order, no channel-first conversion).
+    The whole pixel data is decoded, so a truncated file is detected even when its header is intact.
 
     Raises:
-        BadInputError: missing/empty file, or the reader failed (message names the reader and its error).
+        BadInputError: missing / empty file, or the reader failed (the message names the reader and its error).
     """
     p = check_file_exists(path, what)
     fmt = _image_format(p)
     try:
-        return _read_image_file(p, fmt)
+        if fmt == "nifti":
+            import nibabel as nib
+
+            img = nib.load(str(p))
+            data = np.asanyarray(img.dataobj)
+            zooms = tuple(float(z) for z in img.header.get_zooms())
+            while data.ndim > 2 and data.shape[-1] == 1:
+                data = data[..., 0]
+            return np.ascontiguousarray(data.transpose(tuple(range(data.ndim))[::-1])), zooms[: data.ndim][::-1]
+        if fmt == "pil":
+            from PIL import Image
+
+            with Image.open(p) as im:
+                im.load()
+                return np.asarray(im).copy(), None
+        if fmt == "tiff":
+            import tifffile
+
+            return np.asarray(tifffile.imread(str(p))), None
+        if fmt == "npy":
+            return np.load(p, allow_pickle=False), None
+        if fmt == "npz":
+            with np.load(p, allow_pickle=False) as z:
+                if not z.files:
+                    raise ValueError("the .npz archive holds no array")
+                return np.asarray(z[z.files[0]]), None
+        import SimpleITK as sitk
+
+        img = sitk.ReadImage(str(p))
+        return sitk.GetArrayFromImage(img), tuple(float(s) for s in img.GetSpacing())[::-1]
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:
         raise BadInputError(
             p,
             f"cannot read the {what} file with the {fmt} reader ({short_message(e)}); the file is truncated or "
-            "corrupt, "
-            "re-export or re-download it",
+            "corrupt, re-export or re-download it",
         ) from e
+
+
+def check_image_file(path: str | PathLike, what: str = "image") -> tuple[int, ...]:
+    """Check that an image file exists and can be read completely (:func:`read_image`); returns its array shape.
+
+    Raises:
+        BadInputError: missing/empty file, or the reader failed (message names the reader and its error).
+    """
+    return tuple(read_image(path, what)[0].shape)

@@ -26,7 +26,8 @@ import numpy as np
 from common.data import load_datalist
 from common.errors import BadInputError
 from common.evaluation.metrics import compute_case_metrics, resolve_class_names
-from common.evaluation.report import SUPPORTED_EXTENSIONS, EvaluationReport, read_array
+from common.evaluation.report import SUPPORTED_EXTENSIONS, EvaluationReport
+from common.io.images import read_image
 
 __all__ = ["VolumeEvaluation"]
 
@@ -104,8 +105,8 @@ class VolumeEvaluation:
             items.sort(key=lambda e: int(e[self.slice_key]))
             preds, labels, spacing = [], [], None
             for e in items:
-                label, sp = read_array(e["label"])
-                pred, _ = read_array(self._prediction(e))
+                label, sp = read_image(e["label"])
+                pred, _ = read_image(self._prediction(e))
                 if pred.shape != label.shape:
                     raise BadInputError(f"case {e['case_id']}", f"prediction {pred.shape} vs label {label.shape}")
                 preds.append(pred.astype(np.int64))

@@ -28,7 +28,6 @@ from common.evaluation import (
     evaluate_cases,
     hausdorff_distance_95_torch,
     mask_contour,
-    read_array,
     render_overlay,
     resolve_class_names,
     save_overlay,
@@ -38,6 +37,7 @@ from common.evaluation import (
 )
 from common.evaluation import metrics as metrics_module
 from common.io.atomic import atomic_write_bytes
+from common.io.images import read_image
 
 GREEN, RED = (0, 255, 0), (255, 0, 0)
 
@@ -314,7 +314,7 @@ def test_evaluate_cases_nifti_3d_uses_label_spacing_and_picks_slice(tmp_path):
         "pred": save_nifti(tmp_path / "c1_seg.nii.gz", pred, zooms_xyz=(0.8, 0.8, 2.5)),
         "image": save_nifti(tmp_path / "c1_img.nii.gz", image, zooms_xyz=(0.8, 0.8, 2.5)),
     }
-    arr, spacing = read_array(case["label"])
+    arr, spacing = read_image(case["label"])
     np.testing.assert_array_equal(arr, gt)
     assert spacing == pytest.approx((2.5, 0.8, 0.8))
 
