@@ -99,22 +99,10 @@ def discover_bundles(bundles_dir: Path, names: list[str] | None) -> list[Path]:
 
 def run_step(bundle: Path, configs: list[str], overrides: dict[str, str], log_path: Path) -> StepResult:
     """Run one ``monai.bundle run`` in a child process; measure wall time and the child's peak RSS."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        "[" + ",".join(f"'{c}'" for c in configs) + "]",
-        "--meta_file",
-        "configs/metadata.json",
-    ]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", v]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
+    from common.utils.bundles import bundle_run_command, bundle_run_env
+
+    cmd = bundle_run_command(configs, overrides)
+    env = bundle_run_env()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:

@@ -510,9 +510,9 @@ def run_stage(spec: dict, log: Path, budget_mb: float, timeout_s: float) -> tupl
     result_path = log.with_suffix(".result.json")
     spec_path.write_text(json.dumps(spec, indent=2))
     result_path.unlink(missing_ok=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
+    from common.utils.bundles import bundle_run_env
+
+    env = bundle_run_env()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path), "--result", str(result_path)]
     stopped = None
     peak_tree = 0.0

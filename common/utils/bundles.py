@@ -10,11 +10,12 @@ meaningful in a checkout: a packaged bundle has no ``bundles/`` folder around it
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BUNDLES_DIR", "REPO_ROOT", "bundle_scripts"]
+__all__ = ["BUNDLES_DIR", "REPO_ROOT", "bundle_run_command", "bundle_run_env", "bundle_scripts"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout's root (``common/`` and ``bundles/`` below it)."""
@@ -58,3 +59,24 @@ def bundle_scripts(name: str) -> Iterator[Path]:
         for k in [k for k in sys.modules if _is_scripts_module(k)]:
             del sys.modules[k]
         sys.modules.update(saved)
+
+
+def bundle_run_command(
+    configs: Sequence[str], overrides: Mapping[str, object] | None = None, meta_file: str = "configs/metadata.json"
+) -> list[str]:
+    """``python -m monai.bundle run`` of the stacked ``configs`` (paths relative to the bundle folder, the child's
+    working directory) with ``--key value`` overrides (values as given; strings are passed unchanged)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run"]
+    cmd += ["--config_file", "[" + ",".join(f"'{c}'" for c in configs) + "]", "--meta_file", meta_file]
+    for key, value in (overrides or {}).items():
+        cmd += [f"--{key}", str(value)]
+    return cmd
+
+
+def bundle_run_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``monai.bundle run`` child: offline Hugging Face, unbuffered output, this checkout's
+    ``common`` first on ``PYTHONPATH`` (before any inherited entries), plus ``extra`` variables."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
+    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO_ROOT)]
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *inherited])
+    return env

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.utils.bundles import BUNDLES_DIR, REPO_ROOT, bundle_scripts
+from common.utils.bundles import BUNDLES_DIR, bundle_run_command, bundle_run_env, bundle_scripts
 
 pytestmark = pytest.mark.slow
 
@@ -57,9 +57,9 @@ class BundleCase:
         return self.label or self.name
 
     @property
-    def configs(self) -> str:
-        stage = "" if self.train_config == "train.json" else f"'configs/{self.train_config}',"  # stacked on train.json
-        return f"['configs/train.json',{stage}'configs/multi_gpu_train.json','configs/demo.json']"
+    def configs(self) -> list[str]:
+        stage = [] if self.train_config == "train.json" else [f"configs/{self.train_config}"]  # stacked on train.json
+        return ["configs/train.json", *stage, "configs/multi_gpu_train.json", "configs/demo.json"]
 
 
 CASES = [
@@ -93,41 +93,20 @@ def torchrun_command(case: BundleCase, datalist: Path, out: Path, **extra: str) 
 
     ``--tee 3`` makes torchrun prefix every line of rank r's output with ``[default<r>]:``.
     """
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "--tee",
-        "3",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        case.configs,
-        "--meta_file",
-        "configs/metadata.json",
-        "--dataset_dir",
-        str(datalist.parent),
-        "--datalist",
-        str(datalist),
-        "--output_dir",
-        str(out / "eval"),
-        "--ckpt_dir",
-        str(out / "models"),
-    ]
-    for k, v in {**case.overrides, **extra}.items():
-        cmd += [f"--{k}", v]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
+    paths = {
+        "dataset_dir": datalist.parent,
+        "datalist": datalist,
+        "output_dir": out / "eval",
+        "ckpt_dir": out / "models",
+    }
+    cmd = [*torchrun, "--tee", "3", *bundle_run_command(case.configs, {**paths, **case.overrides, **extra})[1:]]
     return cmd
 
 
 def child_env() -> dict[str, str]:
     """Offline, single-threaded children that import this repository's ``common``."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *inherited])
+    env = bundle_run_env(OMP_NUM_THREADS="1")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
 

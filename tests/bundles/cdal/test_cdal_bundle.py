@@ -4,9 +4,7 @@ on a tiny synthetic MoNuSeg set, outputs (mask + uncertainty beside it), and bad
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import torch
 from PIL import Image
 
 from common.errors import BadInputError, find_bad_input_error
-from common.utils.bundles import REPO_ROOT, bundle_scripts
+from common.utils.bundles import REPO_ROOT, bundle_run_command, bundle_run_env, bundle_scripts
 
 REPO = REPO_ROOT
 BUNDLE = REPO / "bundles" / "cdal"
@@ -47,28 +45,16 @@ def monuseg_tiny(tmp_path_factory) -> Path:
 
 
 def _run(configs: list[str], work: Path, datalist: Path, extra: dict[str, str]) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        "[" + ",".join(f"'{c}'" for c in configs) + "]",
-        "--meta_file",
-        "configs/metadata.json",
-        "--dataset_dir",
-        str(datalist.parent),
-        "--datalist",
-        str(datalist),
-        "--output_dir",
-        str(work / "eval"),
-        "--ckpt_dir",
-        str(work / "models"),
-    ]
-    for k, v in extra.items():
-        cmd += [f"--{k}", v]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, env=env, timeout=300)
+    paths = {
+        "dataset_dir": datalist.parent,
+        "datalist": datalist,
+        "output_dir": work / "eval",
+        "ckpt_dir": work / "models",
+    }
+    cmd = bundle_run_command(configs, {**paths, **extra})
+    return subprocess.run(
+        cmd, cwd=BUNDLE, capture_output=True, text=True, env=bundle_run_env(OMP_NUM_THREADS="1"), timeout=300
+    )
 
 
 def test_train_infer_evaluate_through_monai_bundle_run(monuseg_tiny, tmp_path):

@@ -4,7 +4,6 @@ inference + evaluation end to end (one `monai.bundle run`), and bad inputs with 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 from PIL import Image
 
 from common.errors import BadInputError
-from common.utils.bundles import REPO_ROOT
+from common.utils.bundles import REPO_ROOT, bundle_run_command, bundle_run_env
 
 REPO = REPO_ROOT
 BUNDLE = REPO / "bundles" / "textdiff"
@@ -117,26 +116,16 @@ def test_text_changes_the_mask_and_reload_is_identical(trained, demo_data):
 
 def test_inference_and_evaluation_end_to_end(trained, demo_data):
     out = trained["work"] / "infer"
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        "['configs/inference.json','configs/evaluate.json','configs/demo.json']",
-        "--meta_file",
-        "configs/metadata.json",
-        "--dataset_dir",
-        str(demo_data.parent),
-        "--datalist",
-        str(demo_data),
-        "--output_dir",
-        str(out),
-        "--ckpt_dir",
-        str(trained["work"] / "models"),
-    ]
-    r = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=300)
+    paths = {
+        "dataset_dir": demo_data.parent,
+        "datalist": demo_data,
+        "output_dir": out,
+        "ckpt_dir": trained["work"] / "models",
+    }
+    cmd = bundle_run_command(["configs/inference.json", "configs/evaluate.json", "configs/demo.json"], paths)
+    r = subprocess.run(
+        cmd, cwd=BUNDLE, env=bundle_run_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     cases = json.loads(demo_data.read_text())["test"]
     for case in cases:
