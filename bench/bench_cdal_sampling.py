@@ -33,22 +33,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bundles" / "cdal"))
 sys.path.insert(0, str(REPO))
 
+from common.standins import cdal_standin_config  # noqa: E402
 from scripts.inferer import sample_label_maps  # noqa: E402
 from scripts.networks import CDALGenerator  # noqa: E402
 from scripts.schedule import CDALSchedule  # noqa: E402
 
+#: ``CDALGenerator`` kwargs (``--size`` replaces ``image_size``): the bundle's network_def of train.json (MoNuSeg:
+#: nf 64, ch_mult 1,1,1,2,2,4,4, 2 res blocks, attention 16/8, encoder 5x1, nz 100) and of demo.json on top of it
 PRESETS = {
-    "paper": {},  # MoNuSeg: nf 64, ch_mult 1,1,1,2,2,4,4, 2 res blocks, attention 16/8, encoder 5x1, nz 100
-    "demo": dict(
-        num_channels=16,
-        channel_mult=(1, 2, 2, 2),
-        num_res_blocks=1,
-        attn_resolutions=(8,),
-        encoder_layers=1,
-        encoder_res_blocks=1,
-        nz=16,
-        z_emb_dim=32,
-    ),
+    "paper": cdal_standin_config(),
+    "demo": cdal_standin_config([REPO / "bundles" / "cdal" / "configs" / "demo.json"]),
 }
 
 
@@ -88,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    net = CDALGenerator(image_size=args.size, **PRESETS[args.preset]).to(device).eval()
+    net = CDALGenerator(**{**PRESETS[args.preset], "image_size": args.size}).to(device).eval()
     image = torch.randn(1, 3, args.size, args.size, device=device)
     result = {
         "preset": args.preset,

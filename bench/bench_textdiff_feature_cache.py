@@ -41,38 +41,39 @@ with bundle_scripts("textdiff"):
     from scripts.feature_cache import FeatureCache
     from scripts.text_guided_head import TextGuidedPixelClassifier
 
+#: the paper's setting: the full ADM-256 UNet, MoNuSeg blocks, 768-d text and the 9.68 M head, at 256 px
+PAPER = dict(
+    unet=dict(ADM_256_UNCOND),
+    blocks=(6, 8, 12, 16),
+    size=256,
+    context_dim=768,
+    head=dict(proj_dim=768, attention_dim=512, num_heads=8, decoder_channels=(128, 32)),
+    batch=1,
+)
+_UNET_KEYS = ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_head_channels")
+_HEAD_KEYS = ("proj_dim", "attention_dim", "num_heads", "decoder_channels")
+
+
+def demo_scale() -> dict:
+    """The demo config's UNet, blocks, text width, head and batch (bundles/textdiff/configs/demo.json)."""
+    demo = json.loads((REPO / "bundles" / "textdiff" / "configs" / "demo.json").read_text(encoding="utf-8"))
+    size = demo["image_size"]
+    unet = dict(image_size=size, **{k: demo[f"unet_{k}"] for k in _UNET_KEYS})
+    head = {k: demo[k] for k in _HEAD_KEYS}
+    return dict(
+        unet=unet,
+        blocks=demo["blocks"],
+        size=size,
+        context_dim=demo["context_dim"],
+        head=head,
+        batch=demo["batch_size"],
+    )
+
+
 SCALES = {
-    "demo": dict(
-        unet=dict(
-            image_size=64,
-            model_channels=32,
-            channel_mult=(1, 1, 2),
-            num_res_blocks=1,
-            attention_resolutions=(16,),
-            num_head_channels=32,
-        ),
-        blocks=(1, 2, 3, 5),
-        size=64,
-        context_dim=384,
-        head=dict(proj_dim=64, attention_dim=64, num_heads=4, decoder_channels=(32, 16)),
-        batch=2,
-    ),
-    "adm64": dict(  # the full ADM-256 architecture and the paper's head, run at 64 px (CPU-feasible)
-        unet=dict(ADM_256_UNCOND),
-        blocks=(6, 8, 12, 16),
-        size=64,
-        context_dim=768,
-        head=dict(proj_dim=768, attention_dim=512, num_heads=8, decoder_channels=(128, 32)),
-        batch=1,
-    ),
-    "paper": dict(
-        unet=dict(ADM_256_UNCOND),
-        blocks=(6, 8, 12, 16),
-        size=256,
-        context_dim=768,
-        head=dict(proj_dim=768, attention_dim=512, num_heads=8, decoder_channels=(128, 32)),
-        batch=1,
-    ),
+    "demo": demo_scale(),
+    "adm64": dict(PAPER, size=64),  # the full ADM-256 architecture and the paper's head, run at 64 px (CPU-feasible)
+    "paper": PAPER,
 }
 
 

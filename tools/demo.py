@@ -124,6 +124,8 @@ def _tail(path: str, n: int = 15) -> str:
 
 
 def run_bundle(bundle: Path, datalists: dict[str, Path], out: Path) -> BundleResult:
+    from common.utils.bundles import bundle_run_paths
+
     demo_cfg = json.loads((bundle / "configs" / "demo.json").read_text())
     dataset = demo_cfg.get("demo_dataset", "monuseg")
     res = BundleResult(bundle.name, dataset)
@@ -131,12 +133,7 @@ def run_bundle(bundle: Path, datalists: dict[str, Path], out: Path) -> BundleRes
         res.status = f"unknown demo_dataset {dataset!r} (have {sorted(datalists)})"
         return res
     work = out / bundle.name
-    overrides = {
-        "dataset_dir": str(datalists[dataset].parent),
-        "datalist": str(datalists[dataset]),
-        "output_dir": str(work / "eval"),
-        "ckpt_dir": str(work / "models"),
-    }
+    overrides = bundle_run_paths(datalists[dataset], work)
     stages = [
         (s["name"], [*s["configs"], "configs/demo.json"], {k: repr(v) for k, v in s.get("overrides", {}).items()})
         for s in demo_cfg.get("demo_stages_before_train", [])

@@ -440,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     print("[monailabel] 2/9 weights", flush=True)
     from common.data import load_datalist
+    from common.utils.bundles import bundle_run_paths
 
     weights: dict[str, Path] = {}
     for b in args.bundles:
@@ -451,12 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle = REPO_ROOT / "bundles" / b
         dataset = json.loads((bundle / "configs" / "demo.json").read_text())["demo_dataset"]
         out = work / "train" / b
-        overrides = {
-            "dataset_dir": str(datalists[dataset].parent),
-            "datalist": str(datalists[dataset]),
-            "output_dir": str(out / "eval"),
-            "ckpt_dir": str(out / "models"),
-        }
+        overrides = bundle_run_paths(datalists[dataset], out)
         print(f"[monailabel]   {b}: no {found}, training briefly on the demo data ...", flush=True)
         r = run_step(bundle, ["configs/train.json", "configs/demo.json"], overrides, out / "train.log")
         if r.returncode != 0:

@@ -574,6 +574,7 @@ def _first_training_cases(datalist: Path, n: int, work: Path) -> Path:
 def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], budget_mb: float) -> list[Record]:
     from common.data.paper_size import write_paper_size_dataset
     from common.standins import standin_overrides
+    from common.utils.bundles import bundle_run_paths
     from common.utils.profiling import memory_total_gb
 
     out: Path = args.out
@@ -590,13 +591,7 @@ def run_chain(chain: Chain, args: argparse.Namespace, standins: dict[str, str], 
         return [rec]
     print(f"[paper-scale] {chain.key}: data ready in {time.perf_counter() - t0:.0f} s ({datalist})", flush=True)
     shutil.rmtree(work, ignore_errors=True)  # a fresh run: nothing resumed from an earlier check
-    base = {
-        "dataset_dir": str(datalist.parent),
-        "datalist": str(datalist),
-        "output_dir": str(work / "eval"),
-        "ckpt_dir": str(work / "models"),
-        "device": "$torch.device('cpu')",
-    }
+    base = {**bundle_run_paths(datalist, work), "device": "$torch.device('cpu')"}
     base.update(standin_overrides(args.standins, chain.standins))
     failed_before = False
     for st in chain.stages:

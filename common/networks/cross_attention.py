@@ -166,7 +166,38 @@ def _check_dims(spatial_dims: int, in_channels: int, hidden_size: int, num_heads
         raise ValueError("norm=True needs in_channels > 1 (LayerNorm over one channel is constant); set norm=False.")
 
 
-class TextCrossAttention(nn.Module):
+class _TextAttention(nn.Module):
+    """What both blocks below share: the checked sizes, the masked cross-attention layers built from them and the
+    check of the feature map and text context in ``forward``."""
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, context_dim: int, hidden_size: int | None, num_heads: int, norm: bool
+    ) -> None:
+        super().__init__()
+        hidden_size = in_channels if hidden_size is None else hidden_size
+        _check_dims(spatial_dims, in_channels, hidden_size, num_heads, norm)
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.context_dim = context_dim
+        self._heads = (hidden_size, num_heads)
+
+    def _cross_attention(self, dropout: float, qkv_bias: bool) -> MaskedCrossAttentionBlock:
+        hidden_size, num_heads = self._heads
+        return MaskedCrossAttentionBlock(
+            hidden_size=hidden_size,
+            num_heads=num_heads,
+            dropout_rate=dropout,
+            hidden_input_size=self.in_channels,
+            context_input_size=self.context_dim,
+            dim_head=hidden_size // num_heads,
+            qkv_bias=qkv_bias,
+        )
+
+    def _context(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return _check_feature_and_context(x, context, self.spatial_dims, self.in_channels, self.context_dim)
+
+
+class TextCrossAttention(_TextAttention):
     """Residual masked cross-attention of a 2D/3D feature map over text tokens.
 
     ``y = x + proj(attn(norm(tokens(x)), context, context_mask))`` with one query token per pixel/voxel
@@ -200,22 +231,9 @@ class TextCrossAttention(nn.Module):
         qkv_bias: bool = False,
         norm: bool = True,
     ) -> None:
-        super().__init__()
-        hidden_size = in_channels if hidden_size is None else hidden_size
-        _check_dims(spatial_dims, in_channels, hidden_size, num_heads, norm)
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.context_dim = context_dim
+        super().__init__(spatial_dims, in_channels, context_dim, hidden_size, num_heads, norm)
         self.norm: nn.Module = nn.LayerNorm(in_channels) if norm else nn.Identity()
-        self.attn = MaskedCrossAttentionBlock(
-            hidden_size=hidden_size,
-            num_heads=num_heads,
-            dropout_rate=dropout,
-            hidden_input_size=in_channels,
-            context_input_size=context_dim,
-            dim_head=hidden_size // num_heads,
-            qkv_bias=qkv_bias,
-        )
+        self.attn = self._cross_attention(dropout, qkv_bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """
@@ -227,13 +245,13 @@ class TextCrossAttention(nn.Module):
         Returns:
             (B, C, *spatial), same shape as ``x``.
         """
-        context = _check_feature_and_context(x, context, self.spatial_dims, self.in_channels, self.context_dim)
+        context = self._context(x, context)
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
         out = self.attn(self.norm(tokens), context, context_mask)
         return x + out.transpose(1, 2).reshape(x.shape)
 
 
-class TextConditionedTransformerBlock(nn.Module):
+class TextConditionedTransformerBlock(_TextAttention):
     """Pre-LN transformer block over the flattened pixels/voxels of a feature map, conditioned only on text.
 
     For each of ``num_cross_attention`` layers: ``t = t + out_norm(crossattn(LN(t), context, mask))``; then
@@ -271,27 +289,11 @@ class TextConditionedTransformerBlock(nn.Module):
         qkv_bias: bool = False,
         out_norm: bool = False,
     ) -> None:
-        super().__init__()
-        hidden_size = in_channels if hidden_size is None else hidden_size
-        _check_dims(spatial_dims, in_channels, hidden_size, num_heads, norm=True)
+        super().__init__(spatial_dims, in_channels, context_dim, hidden_size, num_heads, norm=True)
         if num_cross_attention < 1:
             raise ValueError(f"num_cross_attention must be >= 1, got {num_cross_attention}.")
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.context_dim = context_dim
         self.attn_norms = nn.ModuleList(nn.LayerNorm(in_channels) for _ in range(num_cross_attention))
-        self.attns = nn.ModuleList(
-            MaskedCrossAttentionBlock(
-                hidden_size=hidden_size,
-                num_heads=num_heads,
-                dropout_rate=dropout,
-                hidden_input_size=in_channels,
-                context_input_size=context_dim,
-                dim_head=hidden_size // num_heads,
-                qkv_bias=qkv_bias,
-            )
-            for _ in range(num_cross_attention)
-        )
+        self.attns = nn.ModuleList(self._cross_attention(dropout, qkv_bias) for _ in range(num_cross_attention))
         self.attn_out_norms = nn.ModuleList(
             nn.LayerNorm(in_channels) if out_norm else nn.Identity() for _ in range(num_cross_attention)
         )
@@ -314,7 +316,7 @@ class TextConditionedTransformerBlock(nn.Module):
         Returns:
             (B, C, *spatial), same shape as ``x``.
         """
-        context = _check_feature_and_context(x, context, self.spatial_dims, self.in_channels, self.context_dim)
+        context = self._context(x, context)
         t = x.flatten(2).transpose(1, 2)  # (B, N, C)
         for norm, attn, out_norm in zip(self.attn_norms, self.attns, self.attn_out_norms):
             t = t + out_norm(attn(norm(t), context, context_mask))

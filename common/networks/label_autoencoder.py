@@ -92,34 +92,22 @@ class LabelAutoencoder(nn.Module):
                 f"every width in channels {channels} must be divisible by norm_num_groups={norm_num_groups}."
             )
         blocks = (num_res_blocks,) * len(channels) if isinstance(num_res_blocks, int) else tuple(num_res_blocks)
-        no_attention = (False,) * len(channels)
         self.spatial_dims = spatial_dims
         self.num_classes = num_classes
         self.latent_channels = latent_channels
         self.downsample_factor = 2 ** (len(channels) - 1)
-        self.encoder = Encoder(
+        levels = dict(
             spatial_dims=spatial_dims,
-            in_channels=num_classes,
             channels=channels,
-            out_channels=latent_channels,
             num_res_blocks=blocks,
             norm_num_groups=norm_num_groups,
             norm_eps=norm_eps,
-            attention_levels=no_attention,
+            attention_levels=(False,) * len(channels),
             with_nonlocal_attn=False,
-        )
+        )  # the encoder's and the decoder's (mirrored) levels
+        self.encoder = Encoder(in_channels=num_classes, out_channels=latent_channels, **levels)
         self.standardise: nn.Module = StandardiseLatent() if standardise else nn.Identity()
-        self.decoder = Decoder(
-            spatial_dims=spatial_dims,
-            channels=channels,
-            in_channels=latent_channels,
-            out_channels=num_classes,
-            num_res_blocks=blocks,
-            norm_num_groups=norm_num_groups,
-            norm_eps=norm_eps,
-            attention_levels=no_attention,
-            with_nonlocal_attn=False,
-        )
+        self.decoder = Decoder(in_channels=latent_channels, out_channels=num_classes, **levels)
 
     def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """(k, *spatial / factor) of the latent of a label window of ``spatial_shape``."""

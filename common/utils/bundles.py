@@ -15,7 +15,15 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BUNDLES_DIR", "REPO_ROOT", "bundle_run_command", "bundle_run_env", "bundle_scripts"]
+__all__ = [
+    "BUNDLES_DIR",
+    "REPO_ROOT",
+    "bundle_run_command",
+    "bundle_run_env",
+    "bundle_run_paths",
+    "bundle_scripts",
+    "tool_command",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout's root (``common/`` and ``bundles/`` below it)."""
@@ -71,6 +79,23 @@ def bundle_run_command(
     for key, value in (overrides or {}).items():
         cmd += [f"--{key}", str(value)]
     return cmd
+
+
+def bundle_run_paths(datalist: str | os.PathLike, work: str | os.PathLike, output: str = "eval") -> dict[str, str]:
+    """The path overrides of a bundle run on ``datalist``: ``dataset_dir`` (its folder), ``datalist``, ``output_dir``
+    (``work/<output>``) and ``ckpt_dir`` (``work/models``), as strings."""
+    datalist, work = Path(datalist), Path(work)
+    return {
+        "dataset_dir": str(datalist.parent),
+        "datalist": str(datalist),
+        "output_dir": str(work / output),
+        "ckpt_dir": str(work / "models"),
+    }
+
+
+def tool_command(script: str, *args: object) -> list[str]:
+    """``python tools/<script> ARGS`` of this checkout (each argument as ``str``), e.g. for ``subprocess.run``."""
+    return [sys.executable, str(REPO_ROOT / "tools" / script), *(str(a) for a in args)]
 
 
 def bundle_run_env(**extra: str) -> dict[str, str]:

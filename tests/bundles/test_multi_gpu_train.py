@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.utils.bundles import BUNDLES_DIR, bundle_run_command, bundle_run_env, bundle_scripts
+from common.utils.bundles import BUNDLES_DIR, bundle_run_command, bundle_run_env, bundle_run_paths, bundle_scripts
 
 pytestmark = pytest.mark.slow
 
@@ -94,13 +94,8 @@ def torchrun_command(case: BundleCase, datalist: Path, out: Path, **extra: str) 
     ``--tee 3`` makes torchrun prefix every line of rank r's output with ``[default<r>]:``.
     """
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
-    paths = {
-        "dataset_dir": datalist.parent,
-        "datalist": datalist,
-        "output_dir": out / "eval",
-        "ckpt_dir": out / "models",
-    }
-    cmd = [*torchrun, "--tee", "3", *bundle_run_command(case.configs, {**paths, **case.overrides, **extra})[1:]]
+    overrides = {**bundle_run_paths(datalist, out), **case.overrides, **extra}
+    cmd = [*torchrun, "--tee", "3", *bundle_run_command(case.configs, overrides)[1:]]
     return cmd
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from common import standins as S
 from common.networks.guided_diffusion import adm_unet, convert_adm_state_dict, is_adm_state_dict, load_adm_weights
-from common.utils.bundles import REPO_ROOT, bundle_scripts
+from common.utils.bundles import REPO_ROOT, bundle_scripts, tool_command
 
 REPO = REPO_ROOT
 HIPPOCAMPUS = REPO / "bundles" / "cdal" / "configs" / "hippocampus.json"
@@ -409,7 +408,7 @@ def test_make_standins_skips_complete_parts_and_rewrites_incomplete_or_forced_on
 
 def test_cli_rejects_unknown_parts_and_writes_the_chosen_ones(tmp_path, capsys):
     r = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "make_standins.py"), str(tmp_path), "--parts", "bogus"],
+        tool_command("make_standins.py", tmp_path, "--parts", "bogus"),
         capture_output=True,
         text=True,
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.utils.bundles import REPO_ROOT
+from common.utils.bundles import REPO_ROOT, tool_command
 
 REPO = REPO_ROOT
 FIXTURE = REPO / "tests" / "fixtures" / "tiny_seg_bundle"
@@ -171,16 +171,7 @@ def test_packaged_bundle_runs_without_this_repository(tmp_path):
 @pytest.mark.slow
 def test_demo_trains_infers_and_evaluates_the_fixture_bundle(tmp_path):
     r = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "demo.py"),
-            "--bundles-dir",
-            str(FIXTURE.parent),
-            "--bundles",
-            "tiny_seg_bundle",
-            "--out",
-            str(tmp_path),
-        ],
+        tool_command("demo.py", "--bundles-dir", FIXTURE.parent, "--bundles", "tiny_seg_bundle", "--out", tmp_path),
         capture_output=True,
         text=True,
         timeout=600,

@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from common.utils.bundles import REPO_ROOT
+from common.utils.bundles import REPO_ROOT, tool_command
 
 REPO = REPO_ROOT
 
@@ -38,16 +37,7 @@ def test_real_monailabel_server_serves_every_bundle(tmp_path: Path) -> None:
     weights = os.environ.get("MONAILABEL_WEIGHTS", str(REPO / "demo_output"))
     work = tmp_path / "check"
     r = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "monailabel_check.py"),
-            "--venv",
-            str(venv),
-            "--work",
-            str(work),
-            "--weights-from",
-            weights,
-        ],
+        tool_command("monailabel_check.py", "--venv", venv, "--work", work, "--weights-from", weights),
         capture_output=True,
         text=True,
         timeout=1800,

@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from common.utils.bundles import REPO_ROOT
+from common.utils.bundles import REPO_ROOT, tool_command
 
 REPO = REPO_ROOT
 
@@ -34,15 +33,7 @@ def test_every_shipped_config_runs_at_paper_size(tmp_path: Path) -> None:
     standins = Path(os.environ.get("PAPER_SCALE_STANDINS", "/tmp/diffseg_standins"))
     out = Path(os.environ.get("PAPER_SCALE_OUT", tmp_path / "paper_scale"))
     r = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "paper_scale_check.py"),
-            "--standins",
-            str(standins),
-            "--out",
-            str(out),
-            "--make-standins",
-        ],
+        tool_command("paper_scale_check.py", "--standins", standins, "--out", out, "--make-standins"),
         capture_output=True,
         text=True,
     )
@@ -81,15 +72,9 @@ def test_validate_bundle_at_paper_scale_without_demo(bundle: str) -> None:
     and runs its inferer with the pretrained parts taken from the stand-ins."""
     standins = Path(os.environ.get("PAPER_SCALE_STANDINS", "/tmp/diffseg_standins"))
     if not (standins / "Bio_ClinicalBERT" / "STANDIN").is_file():
-        subprocess.run([sys.executable, str(REPO / "tools" / "make_standins.py"), str(standins)], check=True)
+        subprocess.run(tool_command("make_standins.py", standins), check=True)
     r = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "validate_bundle.py"),
-            str(REPO / "bundles" / bundle),
-            "--standins",
-            str(standins),
-        ],
+        tool_command("validate_bundle.py", REPO / "bundles" / bundle, "--standins", standins),
         capture_output=True,
         text=True,
     )

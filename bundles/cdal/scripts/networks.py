@@ -387,14 +387,6 @@ class TimestepEmbedding(nn.Module):
         return self.main(sinusoidal_embedding(t, self.dim))
 
 
-def _dconv(in_ch: int, out_ch: int, kernel: int, init_scale: float = 1.0, bias: bool = True) -> nn.Conv2d:
-    conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
-    variance_scaling_uniform_(conv.weight, init_scale)
-    if bias:
-        nn.init.zeros_(conv.bias)
-    return conv
-
-
 class DownConvBlock(nn.Module):
     """DDGAN discriminator block: ``LReLU -> conv3x3 -> + Dense(temb) -> LReLU -> (FIR down of h and input) ->
     conv3x3 (~0 init)``; skip = 1x1 conv (no bias) of the (downsampled) input; ``(h + skip) / sqrt(2)``."""
@@ -408,10 +400,10 @@ class DownConvBlock(nn.Module):
         fir_kernel: Sequence[float] = (1, 3, 3, 1),
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(_dconv(in_ch, out_ch, 3))
-        self.conv2 = nn.Sequential(_dconv(out_ch, out_ch, 3, init_scale=0.0))
+        self.conv1 = nn.Sequential(_conv(in_ch, out_ch, 3))
+        self.conv2 = nn.Sequential(_conv(out_ch, out_ch, 3, init_scale=0.0))
         self.dense_t1 = default_dense(t_emb_dim, out_ch)
-        self.skip = nn.Sequential(_dconv(in_ch, out_ch, 1, bias=False))
+        self.skip = nn.Sequential(_conv(in_ch, out_ch, 1, bias=False))
         self.act = nn.LeakyReLU(0.2)
         self.downsample = downsample
         self.fir_kernel = tuple(fir_kernel)
@@ -465,11 +457,11 @@ class CDALDiscriminator(nn.Module):
         self.variant = variant
         self.t_embed = TimestepEmbedding(t_emb_dim)
         self.act = nn.LeakyReLU(0.2)
-        self.start_conv = _dconv(2 * label_channels, widths[0], 1)
+        self.start_conv = _conv(2 * label_channels, widths[0], 1)
         self.blocks = nn.ModuleList(
             DownConvBlock(widths[k], widths[k + 1], t_emb_dim, downs[k], fir_kernel) for k in range(len(downs))
         )
-        self.final_conv = _dconv(widths[-1] + 1, widths[-1], 3)
+        self.final_conv = _conv(widths[-1] + 1, widths[-1], 3)
         self.end_linear = default_dense(widths[-1], 1)
         self.stddev_group, self.stddev_feat = 4, 1
         self.feature_channels = tuple(widths)

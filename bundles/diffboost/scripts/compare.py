@@ -11,7 +11,7 @@ from typing import Any
 from common.io.atomic import atomic_write_json, atomic_write_text
 from common.io.checkpoints import load_network_weights
 
-__all__ = ["BaselineComparison", "compare_with_baseline", "comparison_table"]
+__all__ = ["compare_with_baseline", "comparison_table"]
 
 logger = logging.getLogger("diffboost.evaluate")
 
@@ -49,7 +49,8 @@ def compare_with_baseline(
     """If ``baseline_ckpt`` exists: load it into ``network``, run ``evaluator`` (inference into the baseline folder)
     and ``evaluation`` (its metrics), then write ``comparison.json`` / ``comparison.md`` next to the boosted metrics.
 
-    Returns the comparison, or ``None`` (logged) when there is no baseline checkpoint.
+    Returns the comparison, or ``None`` (logged) when there is no baseline checkpoint. evaluate.json declares it
+    with ``"_mode_": "callable"`` (a ``functools.partial`` of these arguments) and calls ``"$@comparison()"``.
     """
     ckpt = Path(baseline_ckpt)
     if not ckpt.is_file():
@@ -72,21 +73,3 @@ def compare_with_baseline(
     logger.info("baseline vs DiffBoost:\n%s", table)
     print(table, flush=True)
     return result
-
-
-class BaselineComparison:
-    """Config component: ``"$@comparison.run()"`` calls :func:`compare_with_baseline` with the stored arguments."""
-
-    def __init__(
-        self,
-        baseline_ckpt: str | PathLike,
-        network: Any,
-        evaluator: Any,
-        evaluation: Any,
-        boosted_summary: str | PathLike,
-        output_dir: str | PathLike,
-    ) -> None:
-        self.args = (baseline_ckpt, network, evaluator, evaluation, boosted_summary, output_dir)
-
-    def run(self) -> dict[str, Any] | None:
-        return compare_with_baseline(*self.args)

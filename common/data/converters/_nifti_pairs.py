@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from common.data.converters.base import load_text_file, relative_path
-from common.data.converters.msd import _header, _present_values, read_integer_label
+from common.data.converters.msd import _header, _present_values, labelled_volume_entry, read_integer_label
 from common.data.datalist import split_cases
 from common.data.describe import describe_labelled_volume, describe_unlabelled_volume
 from common.errors import BadInputError
@@ -77,22 +77,14 @@ def build_volume_datalist(
         unknown = sorted(set(_present_values(arr)) - set(labels))
         if unknown:
             raise BadInputError(case.label, f"label values {unknown} are not among the dataset's labels {labels}")
-        if table is not None:
-            if case.case_id not in table:
-                raise BadInputError(options["text_file"], f"no text for case {case.case_id!r}")
-            text, source = table[case.case_id], "dataset"
-        else:
-            text = describe_labelled_volume(
-                arr, affine, str_names, modality_words, region, options.get("side_reference", "fov_center")
-            )
-            source = "generated"
-        entries[case.case_id] = {
-            "case_id": case.case_id,
-            "image": relative_path(case.image, dst),
-            "label": relative_path(case.label, dst),
-            "text": text,
-            "text_source": source,
-        }
+        side = options.get("side_reference", "fov_center")
+        entries[case.case_id] = labelled_volume_entry(
+            case,
+            dst,
+            table,
+            options.get("text_file"),
+            lambda: describe_labelled_volume(arr, affine, str_names, modality_words, region, side),
+        )
     split = split_cases(list(entries), options["val_fraction"], options["test_fraction"], options["seed"])
     doc: dict[str, Any] = {
         "name": name,

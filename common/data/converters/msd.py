@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,27 @@ def _present_values(arr: np.ndarray, chunk: int = 1 << 24) -> list[int]:
     return np.flatnonzero(counts).tolist()
 
 
+def labelled_volume_entry(
+    case: Any, dst: Path, table: Mapping[str, str] | None, text_file: Any, describe: Callable[[], str]
+) -> dict[str, Any]:
+    """Datalist entry of a labelled volume (``case``: ``case_id``, ``image``, ``label``): its text from the text file's
+    ``table`` (``text_source`` "dataset"; :class:`BadInputError` naming ``text_file`` if the case has none), else
+    ``describe()`` ("generated")."""
+    if table is not None:
+        if case.case_id not in table:
+            raise BadInputError(text_file, f"no text for case {case.case_id!r}")
+        text, source = table[case.case_id], "dataset"
+    else:
+        text, source = describe(), "generated"
+    return {
+        "case_id": case.case_id,
+        "image": relative_path(case.image, dst),
+        "label": relative_path(case.label, dst),
+        "text": text,
+        "text_source": source,
+    }
+
+
 def _header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     try:
         img = nib.load(str(path))
@@ -168,6 +189,18 @@ class MSDClasses:
     mapping: dict[int, int]
     names: dict[int, str]
     lut: np.ndarray
+
+    def datalist_fields(self) -> dict[str, Any]:
+        """The datalist's ``modality``, ``labels`` (after merging), ``source_labels`` (``dataset.json``'s) and, when
+        channels are selected, ``image_channels``."""
+        fields: dict[str, Any] = {
+            "modality": {str(k): v for k, v in sorted(self.modality.items())},
+            "labels": {str(k): self.names[k] for k in sorted(self.names)},
+            "source_labels": {str(k): v for k, v in sorted(self.labels.items())},
+        }
+        if self.channels is not None:
+            fields["image_channels"] = self.channels
+        return fields
 
 
 @register_converter("msd")
@@ -344,8 +377,8 @@ class MSDConverter(DatasetConverter):
         """Read each label for its text and return the datalist document (no files written)."""
         meta = layout.meta
         classes = self.parse_classes(layout, options)
-        labels, modality, channels = classes.labels, classes.modality, classes.channels
-        mapping, names, lut = classes.mapping, classes.names, classes.lut
+        labels, modality, names = classes.labels, classes.modality, classes.names
+        mapping, lut = classes.mapping, classes.lut
         words = modality_phrase([modality[k] for k in sorted(modality)])
         region = options["region"] or body_region(str(meta["name"]) + " " + layout.task_dir.name)
         if options["side_reference"] not in ("fov_center", "none"):
@@ -363,20 +396,13 @@ class MSDConverter(DatasetConverter):
                 raise BadInputError(case.label, f"label values {unknown} are not in dataset.json labels {labels}")
             if mapping:
                 arr = lut[arr]
-            if table is not None:
-                if case.case_id not in table:
-                    raise BadInputError(options["text_file"], f"no text for case {case.case_id!r}")
-                text, source = table[case.case_id], "dataset"
-            else:
-                text = describe_labelled_volume(arr, affine, str_names, words, region, options["side_reference"])
-                source = "generated"
-            entries[case.case_id] = {
-                "case_id": case.case_id,
-                "image": relative_path(case.image, dst),
-                "label": relative_path(case.label, dst),
-                "text": text,
-                "text_source": source,
-            }
+            entries[case.case_id] = labelled_volume_entry(
+                case,
+                dst,
+                table,
+                options["text_file"],
+                lambda: describe_labelled_volume(arr, affine, str_names, words, region, options["side_reference"]),
+            )
         split = split_cases(list(entries), options["val_fraction"], options["test_fraction"], options["seed"])
         unlabelled = []
         for case in layout.unlabelled:
@@ -396,12 +422,8 @@ class MSDConverter(DatasetConverter):
             ),
             "source_layout": "msd",
             "spatial_dims": 3,
-            "modality": {str(k): v for k, v in sorted(modality.items())},
-            "labels": {str(k): names[k] for k in sorted(names)},
-            "source_labels": {str(k): v for k, v in sorted(labels.items())},
+            **classes.datalist_fields(),
         }
-        if channels is not None:
-            doc["image_channels"] = channels
         if mapping:
             doc["label_mapping"] = {
                 "orig_labels": sorted(mapping),

@@ -99,13 +99,7 @@ class MSDSliceConverter(MSDConverter):
     def build(self, layout: MSDLayout, dst: Path, **options: Any) -> dict[str, Any]:
         meta, meta_path = layout.meta, layout.task_dir / "dataset.json"
         classes = self.parse_classes(layout, options, require_channel_choice=True)
-        labels, modality, channels, names, lut = (
-            classes.labels,
-            classes.modality,
-            classes.channels,
-            classes.names,
-            classes.lut,
-        )
+        labels, modality, channels, lut = classes.labels, classes.modality, classes.channels, classes.lut
         text = options["text"] or organ_modality_prompt(
             str(meta.get("name") or layout.task_dir.name), [modality[k] for k in sorted(modality)]
         )
@@ -156,12 +150,8 @@ class MSDSliceConverter(MSDConverter):
             ),
             "source_layout": "msd_slices",
             "spatial_dims": 2,
-            "modality": {str(k): v for k, v in sorted(modality.items())},
-            "labels": {str(k): names[k] for k in sorted(names)},
-            "source_labels": {str(k): v for k, v in sorted(labels.items())},
+            **classes.datalist_fields(),
         }
-        if channels is not None:
-            doc_base["image_channels"] = channels
         ids = list(entries)
         return _fold_documents(
             doc_base, entries, ids, dst, options, int(options["n_folds"]), int(options["fold"]), group_of

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from common.errors import BadInputError, find_bad_input_error
-from common.utils.bundles import REPO_ROOT, bundle_run_command, bundle_run_env, bundle_scripts
+from common.utils.bundles import REPO_ROOT, bundle_run_command, bundle_run_env, bundle_run_paths, bundle_scripts
 
 REPO = REPO_ROOT
 BUNDLE = REPO / "bundles" / "cdal"
@@ -45,13 +45,7 @@ def monuseg_tiny(tmp_path_factory) -> Path:
 
 
 def _run(configs: list[str], work: Path, datalist: Path, extra: dict[str, str]) -> subprocess.CompletedProcess:
-    paths = {
-        "dataset_dir": datalist.parent,
-        "datalist": datalist,
-        "output_dir": work / "eval",
-        "ckpt_dir": work / "models",
-    }
-    cmd = bundle_run_command(configs, {**paths, **extra})
+    cmd = bundle_run_command(configs, {**bundle_run_paths(datalist, work), **extra})
     return subprocess.run(
         cmd, cwd=BUNDLE, capture_output=True, text=True, env=bundle_run_env(OMP_NUM_THREADS="1"), timeout=300
     )

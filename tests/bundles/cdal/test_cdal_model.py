@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Events
 
+from common import standins as S
 from common.errors import BadInputError
 from common.training import ResumableCheckpointer
-from common.utils.bundles import REPO_ROOT, bundle_scripts
+from common.utils.bundles import REPO_ROOT, bundle_scripts, tool_command
 
 REPO = REPO_ROOT
 BUNDLE = REPO / "bundles" / "cdal"
@@ -24,6 +24,14 @@ with bundle_scripts("cdal"):
     from scripts.schedule import CDALSchedule
     from scripts.trainer import CDALTrainer, labels_to_signed
 
+
+def generator_config(overlay: str) -> dict:
+    """``CDALGenerator`` kwargs of the bundle's ``network_def`` with ``configs/<overlay>`` on train.json."""
+    return S.cdal_standin_config([BUNDLE / "configs" / overlay])
+
+
+#: the released Hippocampus generator (configs/hippocampus.json)
+HIPPOCAMPUS = generator_config("hippocampus.json")
 TINY = dict(
     image_size=32,
     num_channels=16,
@@ -84,34 +92,8 @@ def make_trainer(g, d, loader, epochs: int, handlers=None, lr_g: float = 2e-3):
     "cfg,params",
     [
         ({}, 41.67),  # MoNuSeg (bundles/cdal/docs/sources.md §2.1: 41.67 M, encoder 0.37 M)
-        (
-            dict(
-                num_channels=32,
-                channel_mult=(1, 1, 2, 2, 4, 4),
-                num_res_blocks=1,
-                attn_resolutions=(16,),
-                encoder_layers=3,
-                encoder_res_blocks=2,
-                image_channels=1,
-            ),
-            8.84,
-        ),  # CXR
-        (
-            dict(
-                image_size=32,
-                label_channels=3,
-                image_channels=1,
-                num_channels=32,
-                channel_mult=(1, 2, 2, 2),
-                num_res_blocks=2,
-                attn_resolutions=(16,),
-                encoder_layers=3,
-                encoder_res_blocks=2,
-                nz=50,
-                z_emb_dim=128,
-            ),
-            3.68,
-        ),  # Hippocampus (released checkpoint)
+        (generator_config("cxr.json"), 8.84),  # CXR
+        (HIPPOCAMPUS, 3.68),  # Hippocampus (released checkpoint)
     ],
 )
 def test_paper_scale_generators_have_the_spec_parameter_counts(cfg, params):
@@ -415,35 +397,11 @@ def official_ncsnpp_keys(
 
 
 def test_convert_official_generator_checkpoint(tmp_path):
-    cfg = dict(
-        image_size=32,
-        label_ch=3,
-        image_ch=1,
-        nf=32,
-        ch_mult=(1, 2, 2, 2),
-        nrb=2,
-        attn_res=(16,),
-        enc_layers=3,
-        enc_blocks=2,
-        nz=50,
-        zemb=128,
-    )  # the released Hippocampus configuration
-    shapes = official_ncsnpp_keys(**cfg)
+    # the official argument order is CDALGenerator's without dropout
+    shapes = official_ncsnpp_keys(*(v for k, v in HIPPOCAMPUS.items() if k != "dropout"))
     gen = torch.Generator().manual_seed(0)
     official = {f"module.{k}": torch.randn(s, generator=gen) for k, s in shapes.items()}  # saved from DDP
-    net = CDALGenerator(
-        image_size=32,
-        label_channels=3,
-        image_channels=1,
-        num_channels=32,
-        channel_mult=(1, 2, 2, 2),
-        num_res_blocks=2,
-        attn_resolutions=(16,),
-        encoder_layers=3,
-        encoder_res_blocks=2,
-        nz=50,
-        z_emb_dim=128,
-    )
+    net = CDALGenerator(**HIPPOCAMPUS)
     new = convert_official_generator_state_dict(net, official, source="netG.pth")
     net.load_state_dict(new, strict=True)
     assert len(new) == len(official)
@@ -461,17 +419,7 @@ def test_convert_official_generator_checkpoint(tmp_path):
 
     hip = BUNDLE / "configs" / "hippocampus.json"
     r = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "convert_checkpoint.py"),
-            "cdal",
-            "--src",
-            str(src),
-            "--dst",
-            str(dst),
-            "--override",
-            str(hip),
-        ],
+        tool_command("convert_checkpoint.py", "cdal", "--src", src, "--dst", dst, "--override", hip),
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -15,7 +15,7 @@ import pytest
 
 from common.data.converters import get_converter
 from common.data.synthetic_busi import make_busi_like
-from common.utils.bundles import REPO_ROOT
+from common.utils.bundles import REPO_ROOT, bundle_run_paths, tool_command
 
 REPO = REPO_ROOT
 BUNDLE = REPO / "bundles" / "diffboost"
@@ -30,7 +30,7 @@ def _env() -> dict[str, str]:
 def test_validate_bundle_passes() -> None:
     """validate_bundle parses every config alone and with demo.json merged, and runs network_def at 384^2."""
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "validate_bundle.py"), str(BUNDLE)],
+        tool_command("validate_bundle.py", BUNDLE),
         capture_output=True,
         text=True,
         env=_env(),
@@ -64,10 +64,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_busi_like(work / "raw", n_benign=0, n_malignant=6, n_normal=0, size=(48, 56), seed=3)
     datalist = get_converter("busi").convert(work / "raw", work / "data", val_fraction=0.0)
     overrides = {
-        "dataset_dir": str(datalist.parent),
-        "datalist": str(datalist),
-        "output_dir": str(work / "eval"),
-        "ckpt_dir": str(work / "models"),
+        **bundle_run_paths(datalist, work),
         "image_size": 32,
         "channels": [4, 8, 16],
         "strides": [2, 2],

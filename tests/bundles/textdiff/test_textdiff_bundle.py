@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from common.errors import BadInputError
-from common.utils.bundles import REPO_ROOT, bundle_run_command, bundle_run_env
+from common.utils.bundles import REPO_ROOT, bundle_run_command, bundle_run_env, bundle_run_paths
 
 REPO = REPO_ROOT
 BUNDLE = REPO / "bundles" / "textdiff"
@@ -47,13 +47,7 @@ def trained(demo_data, tmp_path_factory):
     from ignite.engine import Events
 
     work = tmp_path_factory.mktemp("textdiff_run")
-    overrides = {
-        "dataset_dir": str(demo_data.parent),
-        "datalist": str(demo_data),
-        "output_dir": str(work / "eval"),
-        "ckpt_dir": str(work / "models"),
-        "max_epochs": 10,
-    }
+    overrides = {**bundle_run_paths(demo_data, work), "max_epochs": 10}
     parser = _parser(["train.json", "demo.json"], **overrides)
     parser.get_parsed_content("initialize")
     trainer = parser.get_parsed_content("train#trainer")
@@ -116,12 +110,7 @@ def test_text_changes_the_mask_and_reload_is_identical(trained, demo_data):
 
 def test_inference_and_evaluation_end_to_end(trained, demo_data):
     out = trained["work"] / "infer"
-    paths = {
-        "dataset_dir": demo_data.parent,
-        "datalist": demo_data,
-        "output_dir": out,
-        "ckpt_dir": trained["work"] / "models",
-    }
+    paths = bundle_run_paths(demo_data, trained["work"], output="infer")
     cmd = bundle_run_command(["configs/inference.json", "configs/evaluate.json", "configs/demo.json"], paths)
     r = subprocess.run(
         cmd, cwd=BUNDLE, env=bundle_run_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300
@@ -252,15 +241,9 @@ def test_validate_bundle_with_the_demo_override():
 def test_training_set_smaller_than_one_batch_is_a_named_error(demo_data, tmp_path):
     """drop_last with fewer cases than batch_size (or a torchrun rank's smaller share) gives an empty epoch, which
     ignite only warns about: the bundle refuses it with a message naming the loader, the cases and the batch size."""
-    overrides = {
-        "dataset_dir": str(demo_data.parent),
-        "datalist": str(demo_data),
-        "output_dir": str(tmp_path / "eval"),
-        "ckpt_dir": str(tmp_path / "models"),
-        "num_train_cases": 1,
-        "batch_size": 2,
-    }
-    parser = _parser(["train.json", "demo.json"], **overrides)
+    parser = _parser(
+        ["train.json", "demo.json"], **bundle_run_paths(demo_data, tmp_path), num_train_cases=1, batch_size=2
+    )
     _assert_bad_input(
         lambda: parser.get_parsed_content("train#trainer"),
         r"train#dataloader: the data loader yields no batch: 1 case\(s\).*batch_size 2",

@@ -19,18 +19,13 @@ from monai.bundle import ConfigParser
 from common.data.converters import get_converter
 from common.data.synthetic import make_msd_like
 from common.errors import BadInputError
-from common.utils.bundles import REPO_ROOT, bundle_scripts
+from common.utils.bundles import REPO_ROOT, bundle_run_paths
 
 REPO = REPO_ROOT
 BUNDLE = REPO / "bundles" / "textdiffseg"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def textdiffseg_scripts():
-    """``scripts`` resolves to bundles/textdiffseg/scripts while this module's tests run (configs instantiate
-    ``scripts.*`` lazily), then the earlier ``scripts`` modules and sys.path are restored."""
-    with bundle_scripts("textdiffseg"):
-        yield
+pytestmark = pytest.mark.usefixtures("textdiffseg_scripts")  # tests/bundles/textdiffseg/conftest.py
 
 
 TINY = {
@@ -63,12 +58,7 @@ def data(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tds_data")
     make_msd_like(root / "raw", n_train=8, n_test=2, shape_range=(24, 28), seed=3)
     datalist = get_converter("msd").convert(root / "raw", root / "msd", seed=0)
-    return {
-        "dataset_dir": str(datalist.parent),
-        "datalist": str(datalist),
-        "output_dir": str(root / "out"),
-        "ckpt_dir": str(root / "models"),
-    }
+    return bundle_run_paths(datalist, root, output="out")
 
 
 @pytest.fixture(scope="module")

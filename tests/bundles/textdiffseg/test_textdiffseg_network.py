@@ -21,12 +21,7 @@ from common.utils.bundles import REPO_ROOT, bundle_scripts
 BUNDLE = REPO_ROOT / "bundles" / "textdiffseg"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def textdiffseg_scripts():
-    """``scripts`` resolves to bundles/textdiffseg/scripts while this module's tests run (configs instantiate
-    ``scripts.*`` lazily), then the earlier ``scripts`` modules and sys.path are restored."""
-    with bundle_scripts("textdiffseg"):
-        yield
+pytestmark = pytest.mark.usefixtures("textdiffseg_scripts")  # tests/bundles/textdiffseg/conftest.py
 
 
 def _parser(*overrides: str) -> ConfigParser:
@@ -139,7 +134,7 @@ def test_bundle_scripts_helper_switches_and_restores_the_scripts_package():
     from common.utils.bundles import BUNDLES_DIR
 
     outer = sys.modules["scripts"]
-    assert Path(outer.__file__).parent == BUNDLE / "scripts"  # this module's autouse fixture
+    assert Path(outer.__file__).parent == BUNDLE / "scripts"  # this module's textdiffseg_scripts fixture
     outer_network = importlib.import_module("scripts.network")
     path_before = list(sys.path)
     with bundle_scripts("cdal") as folder:

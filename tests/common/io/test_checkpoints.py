@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,7 @@ from monai.networks.nets import DiffusionModelUNet
 
 from common.errors import BadInputError
 from common.io.checkpoints import convert_generative_state_dict, load_state_dict_file
-from common.utils.bundles import REPO_ROOT
-
-REPO = REPO_ROOT
+from common.utils.bundles import tool_command
 
 
 def _unet_args(conditioned: bool) -> dict:
@@ -85,6 +82,14 @@ def test_corrupt_checkpoint_file_is_named(tmp_path):
         load_state_dict_file(bad)
 
 
+def _convert_cli(tmp_path: Path, dst: Path) -> subprocess.CompletedProcess:
+    """``convert_checkpoint.py generative`` of ``tmp_path/old.pt`` with the network of ``tmp_path/net.json``."""
+    args = ("generative", "--network", f"{tmp_path / 'net.json'}#network_def", "--src", tmp_path / "old.pt")
+    return subprocess.run(
+        tool_command("convert_checkpoint.py", *args, "--dst", dst), capture_output=True, text=True, timeout=120
+    )
+
+
 def test_cli_converts_nested_checkpoint(tmp_path):
     torch.manual_seed(0)
     reference = DiffusionModelUNet(**_unet_args(True))
@@ -92,44 +97,14 @@ def test_cli_converts_nested_checkpoint(tmp_path):
     cfg = {"network_def": {"_target_": "DiffusionModelUNet", **_unet_args(True)}}
     (tmp_path / "net.json").write_text(json.dumps(cfg))
     out = tmp_path / "model.pt"
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "convert_checkpoint.py"),
-            "generative",
-            "--network",
-            f"{tmp_path / 'net.json'}#network_def",
-            "--src",
-            str(tmp_path / "old.pt"),
-            "--dst",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _convert_cli(tmp_path, out)
     assert r.returncode == 0, r.stderr
     sd = torch.load(out, weights_only=True)["model"]
     assert all(torch.equal(sd[k], v) for k, v in reference.state_dict().items())
     # a wrong architecture exits non-zero with a clear message, and writes nothing
     cfg["network_def"]["channels"] = [8, 32]
     (tmp_path / "net.json").write_text(json.dumps(cfg))
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "convert_checkpoint.py"),
-            "generative",
-            "--network",
-            f"{tmp_path / 'net.json'}#network_def",
-            "--src",
-            str(tmp_path / "old.pt"),
-            "--dst",
-            str(tmp_path / "other.pt"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _convert_cli(tmp_path, tmp_path / "other.pt")
     assert r.returncode == 1 and "another network" in r.stderr and not (tmp_path / "other.pt").exists()
 
 
