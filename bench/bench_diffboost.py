@@ -48,6 +48,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _part_setup(args: argparse.Namespace, prefix: str, *modules: str) -> tuple:
+    """The device, a new temporary folder and the bundle's ``scripts.<module>`` modules of one bench part."""
+    scripts = [importlib.import_module(f"scripts.{m}") for m in modules]
+    return (torch.device(args.device), Path(tempfile.mkdtemp(prefix=prefix)), *scripts)
+
+
 def _make_data(folder: Path, n: int, size: int, n_syn: int = 3) -> list[dict]:
     from PIL import Image
 
@@ -82,10 +88,7 @@ def bench_seg(args: argparse.Namespace) -> dict:
     from monai.networks.nets import AttentionUnet
     from monai.transforms import Compose, EnsureTyped, LoadImaged
 
-    transforms = importlib.import_module("scripts.transforms")
-    mixing = importlib.import_module("scripts.mixing")
-    device = torch.device(args.device)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_diffboost_"))
+    device, tmp, transforms, mixing = _part_setup(args, "bench_diffboost_", "transforms", "mixing")
     entries = _make_data(tmp, args.cases, args.size)
 
     def loader(synthetic: bool) -> DataLoader:
@@ -150,10 +153,7 @@ def bench_seg(args: argparse.Namespace) -> dict:
 
 
 def bench_synth(args: argparse.Namespace) -> dict:
-    sd_parts = importlib.import_module("scripts.sd_parts")
-    synthesis = importlib.import_module("scripts.synthesis")
-    device = torch.device(args.device)
-    folder = Path(tempfile.mkdtemp(prefix="bench_tiny_sd_"))
+    device, folder, sd_parts, synthesis = _part_setup(args, "bench_tiny_sd_", "sd_parts", "synthesis")
     sd_parts.build_tiny_sd_parts(folder)
     parts = sd_parts.load_sd_parts(str(folder), device=device)
     cn = sd_parts.make_controlnet(parts.unet, (16, 32)).to(device)

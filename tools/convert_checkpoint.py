@@ -68,11 +68,21 @@ def convert_generative(args: argparse.Namespace) -> Path:
     return Path(args.dst)
 
 
+def _checkpoint_args(p: argparse.ArgumentParser, src: str, dst: str, key: str) -> None:
+    """``--src`` / ``--dst`` (required) and ``--key`` with these helps."""
+    p.add_argument("--src", required=True, help=src)
+    p.add_argument("--dst", required=True, help=dst)
+    p.add_argument("--key", default=None, help=key)
+
+
 def _generative_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", required=True, help="CONFIG.json#network_def (bundle config + id) or a component JSON")
-    p.add_argument("--src", required=True, help="monai-generative checkpoint (.pt/.pth/.safetensors)")
-    p.add_argument("--dst", required=True, help="output .pt holding {'model': state_dict}")
-    p.add_argument("--key", default=None, help="top-level key holding the weights in --src (auto-detected if omitted)")
+    _checkpoint_args(
+        p,
+        src="monai-generative checkpoint (.pt/.pth/.safetensors)",
+        dst="output .pt holding {'model': state_dict}",
+        key="top-level key holding the weights in --src (auto-detected if omitted)",
+    )
 
 
 convert_generative.add_arguments = _generative_args  # type: ignore[attr-defined]
@@ -105,18 +115,28 @@ def convert_textdiff(args: argparse.Namespace) -> Path:
     return Path(args.dst)
 
 
+#: the guided-diffusion flags ``convert_textdiff`` takes from the command line: (name, type, help)
+_ADM_FLAG_ARGS = (
+    ("image_size", int, "default 256"),
+    ("model_channels", int, "default 256"),
+    ("channel_mult", None, "default 1,1,2,2,4,4"),
+    ("num_res_blocks", int, "default 2"),
+    ("attention_resolutions", None, "default 32,16,8"),
+    ("num_head_channels", int, "default 64"),
+    ("in_channels", int, "default 3"),
+    ("out_channels", int, "default 6 (learn_sigma)"),
+)
+
+
 def _textdiff_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--src", required=True, help="guided-diffusion checkpoint (e.g. 256x256_diffusion_uncond.pt)")
-    p.add_argument("--dst", required=True, help="output .pt holding {'model': MONAI state dict}")
-    p.add_argument("--key", default=None, help="top-level key holding the weights in --src (auto if omitted)")
-    p.add_argument("--image-size", dest="image_size", type=int, default=None, help="default 256")
-    p.add_argument("--model-channels", dest="model_channels", type=int, default=None, help="default 256")
-    p.add_argument("--channel-mult", dest="channel_mult", default=None, help="default 1,1,2,2,4,4")
-    p.add_argument("--num-res-blocks", dest="num_res_blocks", type=int, default=None, help="default 2")
-    p.add_argument("--attention-resolutions", dest="attention_resolutions", default=None, help="default 32,16,8")
-    p.add_argument("--num-head-channels", dest="num_head_channels", type=int, default=None, help="default 64")
-    p.add_argument("--in-channels", dest="in_channels", type=int, default=None, help="default 3")
-    p.add_argument("--out-channels", dest="out_channels", type=int, default=None, help="default 6 (learn_sigma)")
+    _checkpoint_args(
+        p,
+        src="guided-diffusion checkpoint (e.g. 256x256_diffusion_uncond.pt)",
+        dst="output .pt holding {'model': MONAI state dict}",
+        key="top-level key holding the weights in --src (auto if omitted)",
+    )
+    for name, kind, help_text in _ADM_FLAG_ARGS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=help_text)
 
 
 convert_textdiff.add_arguments = _textdiff_args  # type: ignore[attr-defined]

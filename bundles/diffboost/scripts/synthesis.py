@@ -230,14 +230,20 @@ class ControlNetSampler:
         self.pipe.set_progress_bar_config(disable=True)
         self.vae_scale_factor = sd_parts.vae_scale_factor
 
-    def settings(self) -> dict[str, Any]:
-        """The sampler settings recorded in the manifest."""
+    def _pipeline_settings(self) -> dict[str, Any]:
+        """The DDIM, guidance and ControlNet arguments of every pipeline call (recorded by :meth:`settings`)."""
         return {
-            "scheduler": "DDIM",
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
             "eta": self.eta,
             "controlnet_conditioning_scale": self.conditioning_scale,
+        }
+
+    def settings(self) -> dict[str, Any]:
+        """The sampler settings recorded in the manifest."""
+        return {
+            "scheduler": "DDIM",
+            **self._pipeline_settings(),
             "prompt_weights": list(self.prompt_weights),
             "prompt_template": "{prompt}" + QUALITY_SUFFIX,
             "quality_suffix": QUALITY_SUFFIX,
@@ -291,10 +297,7 @@ class ControlNetSampler:
             image=hint,
             height=h,
             width=w,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            eta=self.eta,
-            controlnet_conditioning_scale=self.conditioning_scale,
+            **self._pipeline_settings(),
             guess_mode=False,
             generator=generators,
             output_type="pt",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from common.data.converters.base import load_text_file, relative_path
-from common.data.converters.msd import _header, _present_values, labelled_volume_entry, read_integer_label
+from common.data.converters.msd import _header, labelled_volume_entry, read_new_label
 from common.data.datalist import split_cases
 from common.data.describe import describe_labelled_volume, describe_unlabelled_volume
 from common.errors import BadInputError
@@ -71,12 +71,7 @@ def build_volume_datalist(
     str_names = {str(k): v for k, v in labels.items()}
     entries: dict[str, dict[str, Any]] = {}
     for case in labelled:
-        if case.case_id in entries:
-            raise BadInputError(case.label, f"duplicate case id {case.case_id!r}")
-        arr, affine = read_integer_label(case.label)
-        unknown = sorted(set(_present_values(arr)) - set(labels))
-        if unknown:
-            raise BadInputError(case.label, f"label values {unknown} are not among the dataset's labels {labels}")
+        arr, affine = read_new_label(case, entries, labels, known="among the dataset's labels")
         side = options.get("side_reference", "fov_center")
         entries[case.case_id] = labelled_volume_entry(
             case,

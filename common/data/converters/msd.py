@@ -131,6 +131,21 @@ def _present_values(arr: np.ndarray, chunk: int = 1 << 24) -> list[int]:
     return np.flatnonzero(counts).tolist()
 
 
+def read_new_label(
+    case: Any, seen: Mapping[str, Any], labels: Mapping[int, str], duplicate_in: str = "", known: str = "in"
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_integer_label` of ``case.label`` once its case id is known to be new (not in ``seen``) and with
+    every value among ``labels``; the errors name the label file, ``duplicate_in`` ends the duplicate-id message
+    and ``known`` says where the labels come from ("label values [7] are not <known> {...}")."""
+    if case.case_id in seen:
+        raise BadInputError(case.label, f"duplicate case id {case.case_id!r}{duplicate_in}")
+    arr, affine = read_integer_label(case.label)
+    unknown = sorted(set(_present_values(arr)) - set(labels))
+    if unknown:
+        raise BadInputError(case.label, f"label values {unknown} are not {known} {labels}")
+    return arr, affine
+
+
 def labelled_volume_entry(
     case: Any, dst: Path, table: Mapping[str, str] | None, text_file: Any, describe: Callable[[], str]
 ) -> dict[str, Any]:
@@ -388,12 +403,7 @@ class MSDConverter(DatasetConverter):
 
         entries: dict[str, dict[str, Any]] = {}
         for case in layout.training:
-            if case.case_id in entries:
-                raise BadInputError(case.label, f"duplicate case id {case.case_id!r} in dataset.json")
-            arr, affine = read_integer_label(case.label)
-            unknown = sorted(set(_present_values(arr)) - set(labels))
-            if unknown:
-                raise BadInputError(case.label, f"label values {unknown} are not in dataset.json labels {labels}")
+            arr, affine = read_new_label(case, entries, labels, " in dataset.json", "in dataset.json labels")
             if mapping:
                 arr = lut[arr]
             entries[case.case_id] = labelled_volume_entry(

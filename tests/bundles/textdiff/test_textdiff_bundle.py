@@ -194,13 +194,12 @@ def test_bad_inputs_have_clear_messages(trained, demo_data, tmp_path):
 
 def test_training_preprocessing_with_augmentation(demo_data, tmp_path):
     """Without the feature cache the paper's augmentation runs (rot90 + flip / rotation / nothing), jointly."""
-    parser = _parser(
-        ["train.json", "demo.json"],
-        dataset_dir=str(demo_data.parent),
-        datalist=str(demo_data),
-        output_dir=str(tmp_path),
-        use_feature_cache=False,
-    )
+
+    def train_parser(use_feature_cache: bool):
+        paths = dict(dataset_dir=str(demo_data.parent), datalist=str(demo_data), output_dir=str(tmp_path))
+        return _parser(["train.json", "demo.json"], **paths, use_feature_cache=use_feature_cache)
+
+    parser = train_parser(use_feature_cache=False)
     pre = parser.get_parsed_content("train#preprocessing")
     names = [type(t).__name__ for t in pre.transforms]
     assert "OneOf" in names and names.index("OneOf") < names.index("ScaleIntensityRanged")  # zero fill = black
@@ -216,13 +215,7 @@ def test_training_preprocessing_with_augmentation(demo_data, tmp_path):
         assert -1.0 <= float(o["image"].min()) and float(o["image"].max()) <= 1.0
     assert len({o["image"].sum().item() for o in outs}) > 1  # augmentation is random
     set_determinism(None)
-    cached = _parser(
-        ["train.json", "demo.json"],
-        dataset_dir=str(demo_data.parent),
-        datalist=str(demo_data),
-        output_dir=str(tmp_path),
-        use_feature_cache=True,
-    ).get_parsed_content("train#preprocessing")
+    cached = train_parser(use_feature_cache=True).get_parsed_content("train#preprocessing")
     assert "OneOf" not in [type(t).__name__ for t in cached.transforms]  # cached features: no augmentation
 
 

@@ -22,7 +22,7 @@ import common.data.converters as registry
 from common.data.converters import available_converters, get_converter, register_converter
 from common.data.converters.base import DatasetConverter
 from common.data.converters.monuseg import MONUSEG_TEST_FOLDER, MONUSEG_TRAIN_FOLDER, read_aperio_polygons
-from common.data.datalist import load_datalist, read_datalist
+from common.data.datalist import REQUIRED_TOP_KEYS, load_datalist, read_datalist
 from common.data.describe import count_components_2d, describe_nuclei_mask
 from common.data.synthetic import make_monuseg_like, make_msd_like
 from common.errors import BadInputError
@@ -69,15 +69,8 @@ def test_new_converter_is_one_decorated_class(tmp_path: Path, monkeypatch: pytes
 
         def build(self, layout, dst, **options):
             entries = [{"case_id": p.stem, "image": str(p), "label": str(p), "text": "a toy."} for p in layout]
-            return {
-                "name": "toy",
-                "description": "",
-                "source_layout": "toy",
-                "spatial_dims": 2,
-                "modality": {"0": "x"},
-                "labels": {"0": "background"},
-                "training": entries,
-            }
+            header = ("toy", "", "toy", 2, {"0": "x"}, {"0": "background"})  # the datalist's required keys
+            return {**dict(zip(REQUIRED_TOP_KEYS, header, strict=True)), "training": entries}
 
     assert "toy" in available_converters() and ToyConverter.name == "toy"
     with pytest.raises(BadInputError, match="cases: missing folder; expected layout:\n  cases/<id>.png"):

@@ -87,17 +87,13 @@ def _pred(filename: str, shape=(1, 10, 9, 4)) -> MetaTensor:
     return MetaTensor(data, affine=torch.diag(torch.tensor([0.8, 0.8, 2.0, 1.0])), meta={"filename_or_obj": filename})
 
 
+def _saver(folder, **kwargs) -> AtomicSaveImaged:
+    """``AtomicSaveImaged`` of ``pred`` as uint8 into ``folder``, quiet."""
+    return AtomicSaveImaged(keys="pred", output_dir=str(folder), output_dtype=np.uint8, print_log=False, **kwargs)
+
+
 def test_atomic_save_imaged_writes_final_file_only(tmp_path):
-    saver = AtomicSaveImaged(
-        keys="pred",
-        output_dir=str(tmp_path),
-        output_postfix="seg",
-        output_ext=".nii.gz",
-        separate_folder=False,
-        resample=False,
-        output_dtype=np.uint8,
-        print_log=False,
-    )
+    saver = _saver(tmp_path, output_postfix="seg", output_ext=".nii.gz", separate_folder=False, resample=False)
     pred = _pred("/data/case_05.nii.gz")
     out = saver({"pred": pred})
     assert out["pred"] is pred
@@ -108,16 +104,7 @@ def test_atomic_save_imaged_writes_final_file_only(tmp_path):
 
 
 def test_atomic_save_imaged_separate_folder_and_png(tmp_path):
-    saver = AtomicSaveImaged(
-        keys="pred",
-        output_dir=str(tmp_path),
-        output_postfix="mask",
-        output_ext=".png",
-        separate_folder=True,
-        output_dtype=np.uint8,
-        scale=255,
-        print_log=False,
-    )
+    saver = _saver(tmp_path, output_postfix="mask", output_ext=".png", separate_folder=True, scale=255)
     saver({"pred": _pred("/data/slice_02.png", shape=(1, 12, 8))})
     assert _files(tmp_path) == ["slice_02_mask.png"]
     assert (tmp_path / "slice_02" / "slice_02_mask.png").exists()
