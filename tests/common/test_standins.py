@@ -21,40 +21,39 @@ from common.utils.bundles import REPO_ROOT, bundle_scripts, tool_command
 REPO = REPO_ROOT
 HIPPOCAMPUS = REPO / "bundles" / "cdal" / "configs" / "hippocampus.json"
 
-SMALL_ADM = dict(
-    image_size=32,
-    in_channels=3,
-    out_channels=6,
-    model_channels=32,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(16,),
-    num_head_channels=16,
-)
+#: the ADM stand-in's flags (3 -> 6 channels) at a small size
+SMALL_ADM = {
+    **S.adm_standin_config(),
+    "image_size": 32,
+    "model_channels": 32,
+    "channel_mult": (1, 2),
+    "num_res_blocks": 1,
+    "attention_resolutions": (16,),
+    "num_head_channels": 16,
+}
 
-TINY_SD_UNET = dict(
-    sample_size=16,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=1,
-    block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    norm_num_groups=8,
-    attention_head_dim=4,
-)
-TINY_SD_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    block_out_channels=[8, 8, 16, 16],
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    latent_channels=4,
-    norm_num_groups=8,
-    layers_per_block=1,
-    sample_size=64,
-)
+#: SD v1.5's UNet and VAE (x8, four levels) at a small size
+TINY_SD_UNET = {
+    **S.sd_unet_config(),
+    "sample_size": 16,
+    "layers_per_block": 1,
+    "block_out_channels": (32, 64),
+    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 32,
+    "norm_num_groups": 8,
+    "attention_head_dim": 4,
+}
+TINY_SD_VAE = {
+    **S.sd_vae_config(),
+    "block_out_channels": [8, 8, 16, 16],
+    "norm_num_groups": 8,
+    "layers_per_block": 1,
+    "sample_size": 64,
+}
+
+#: width and depth of the small text encoders (BERT, CLIP text tower) the writers are tried with
+SMALL_TEXT = {"hidden_size": 32, "num_hidden_layers": 2}
 
 CLINICAL_SENTENCES = (
     "The nuclei density in the upper right is high.",
@@ -331,13 +330,7 @@ def test_hed_standin_uses_the_annotator_key_names_and_loads_with_from_file(tmp_p
 def test_bert_writer_folder_loads_through_frozen_text_encoder(tmp_path, caplog):
     from common.text.encoder import FrozenTextEncoder
 
-    small = {
-        **S.bert_standin_config(),
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-    }
+    small = {**S.bert_standin_config(), **SMALL_TEXT, "num_attention_heads": 2, "intermediate_size": 64}
     folder = S.write_bert_standin(tmp_path / "Bio_ClinicalBERT", seed=0, config=small)
     assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "STANDIN"} <= {
         p.name for p in folder.iterdir()
@@ -353,10 +346,9 @@ def test_bert_writer_folder_loads_through_frozen_text_encoder(tmp_path, caplog):
 def test_sd_writer_folder_loads_through_load_sd_parts_and_make_controlnet(tmp_path, caplog):
     text = {
         **S.sd_text_encoder_config(),
-        "hidden_size": 32,
+        **SMALL_TEXT,
         "intermediate_size": 37,
         "num_attention_heads": 4,
-        "num_hidden_layers": 2,
         "projection_dim": 32,
     }
     folder = S.write_sd_standin(

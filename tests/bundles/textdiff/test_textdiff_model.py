@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.errors import BadInputError
-from common.networks.guided_diffusion import adm_output_block, adm_unet
+from common.networks.guided_diffusion import ADM_256_UNCOND, adm_output_block, adm_unet
 from common.utils.bundles import REPO_ROOT, bundle_scripts
 
 with bundle_scripts("textdiff"):
@@ -16,15 +16,19 @@ with bundle_scripts("textdiff"):
     from scripts.inferer import TextGuidedFeatureInferer
     from scripts.text_guided_head import TextGuidedPixelClassifier
 
-TINY_UNET = dict(
-    image_size=32,
-    model_channels=32,
-    channel_mult=(1, 1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(8,),
-    num_head_channels=32,
-)
+#: the ADM-256 UNet's flags (3 -> 6 channels) at a tiny size
+TINY_UNET = {
+    **ADM_256_UNCOND,
+    "image_size": 32,
+    "model_channels": 32,
+    "channel_mult": (1, 1, 2),
+    "num_res_blocks": 1,
+    "attention_resolutions": (8,),
+    "num_head_channels": 32,
+}
 TINY_BLOCKS = (1, 2, 3, 5)
+#: a small head over four given feature maps (24, 24, 8, 8 channels), with and without text
+SMALL_HEAD = dict(feature_channels=(24, 24, 8, 8), proj_dim=8, decoder_channels=(8, 4), output_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +84,7 @@ def test_head_parameter_count_matches_the_paper():
 
 
 def test_head_forward_shapes_and_text_dependence():
-    head = TextGuidedPixelClassifier(
-        feature_channels=(24, 24, 8, 8),
-        context_dim=16,
-        proj_dim=8,
-        num_heads=2,
-        attention_dim=8,
-        decoder_channels=(8, 4),
-        output_size=32,
-    ).eval()
+    head = TextGuidedPixelClassifier(**SMALL_HEAD, context_dim=16, num_heads=2, attention_dim=8).eval()
     feats = [torch.randn(2, 24, 4, 4), torch.randn(2, 24, 8, 8), torch.randn(2, 8, 16, 16), torch.randn(2, 8, 32, 32)]
     ctx_a, ctx_b = torch.randn(2, 10, 16), torch.randn(2, 10, 16)
     out = head(feats, ctx_a)
@@ -99,9 +95,7 @@ def test_head_forward_shapes_and_text_dependence():
         head([feats[0], feats[2], feats[2], feats[3]], ctx_a)
     with pytest.raises(BadInputError, match="needs the text tokens"):
         head(feats, None)
-    no_text = TextGuidedPixelClassifier(
-        feature_channels=(24, 24, 8, 8), proj_dim=8, decoder_channels=(8, 4), output_size=32, use_text=False
-    )
+    no_text = TextGuidedPixelClassifier(**SMALL_HEAD, use_text=False)
     assert no_text.cross1 is None and no_text(feats, None).shape == (2, 2, 32, 32)
 
 
