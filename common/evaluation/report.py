@@ -368,10 +368,10 @@ def evaluate_cases(
         label_path, pred_path = Path(case[label_key]), Path(case[pred_key])
         case_id = str(case.get(case_id_key) or _stem(label_path))
 
-        label_raw, spacing = read_image(label_path)
+        label_raw, spacing = read_image(label_path, "label")
         if label_mapping:
             label_raw = map_label_values(label_raw, label_mapping)
-        pred_raw, pred_spacing = read_image(pred_path)
+        pred_raw, pred_spacing = read_image(pred_path, "prediction")
         label = _label_map_from_file(label_raw, num_classes, label_path, threshold)
         pred = _label_map_from_file(pred_raw, num_classes, pred_path, threshold)
         if pred.shape != label.shape:
@@ -393,7 +393,7 @@ def evaluate_cases(
         uncertainty = None
         if case.get(uncertainty_key):
             unc_path = Path(case[uncertainty_key])
-            uncertainty = read_image(unc_path)[0].astype(np.float64)
+            uncertainty = read_image(unc_path, "uncertainty")[0].astype(np.float64)
             if uncertainty.shape != label.shape:
                 raise BadInputError(
                     f"{unc_path} and {label_path}",

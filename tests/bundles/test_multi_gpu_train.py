@@ -57,9 +57,14 @@ class BundleCase:
         return self.label or self.name
 
     @property
+    def stage_configs(self) -> list[str]:
+        """The training stage's configs: ``train.json``, with the stage stacked on it (DiffBoost's ControlNet)."""
+        stage = [] if self.train_config == "train.json" else [f"configs/{self.train_config}"]
+        return ["configs/train.json", *stage]
+
+    @property
     def configs(self) -> list[str]:
-        stage = [] if self.train_config == "train.json" else [f"configs/{self.train_config}"]  # stacked on train.json
-        return ["configs/train.json", *stage, "configs/multi_gpu_train.json", "configs/demo.json"]
+        return [*self.stage_configs, "configs/multi_gpu_train.json", "configs/demo.json"]
 
 
 CASES = [
@@ -185,7 +190,7 @@ def load_final_model(case: BundleCase, path: Path, ckpt_dir: Path | None = None)
     scope = bundle_scripts(case.name) if (bundle / "scripts").is_dir() else contextlib.nullcontext(bundle)
     with scope:
         parser = ConfigParser()
-        parser.read_config([str(bundle / "configs" / case.train_config), str(bundle / "configs" / "demo.json")])
+        parser.read_config([str(bundle / c) for c in [*case.stage_configs, "configs/demo.json"]])
         parser["bundle_root"] = str(bundle)
         if ckpt_dir is not None:
             parser["ckpt_dir"] = str(ckpt_dir)
@@ -207,7 +212,7 @@ def test_overlay_picks_gloo_without_cuda(case: BundleCase) -> None:
 
     bundle = BUNDLES_DIR / case.name
     parser = ConfigParser()
-    parser.read_config([str(bundle / "configs" / n) for n in (case.train_config, "multi_gpu_train.json", "demo.json")])
+    parser.read_config([str(bundle / c) for c in case.configs])
     expected = "nccl" if torch.cuda.is_available() else "gloo"
     assert parser.get_parsed_content("dist_backend") == expected
     assert "dist.init_process_group(backend=@dist_backend)" in " ".join(parser["initialize"])

@@ -105,8 +105,8 @@ class VolumeEvaluation:
             items.sort(key=lambda e: int(e[self.slice_key]))
             preds, labels, spacing = [], [], None
             for e in items:
-                label, sp = read_image(e["label"])
-                pred, _ = read_image(self._prediction(e))
+                label, sp = read_image(e["label"], "label")
+                pred, _ = read_image(self._prediction(e), "prediction")
                 if pred.shape != label.shape:
                     raise BadInputError(f"case {e['case_id']}", f"prediction {pred.shape} vs label {label.shape}")
                 preds.append(pred.astype(np.int64))

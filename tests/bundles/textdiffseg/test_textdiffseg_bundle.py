@@ -25,9 +25,6 @@ REPO = REPO_ROOT
 BUNDLE = REPO / "bundles" / "textdiffseg"
 
 
-pytestmark = pytest.mark.usefixtures("textdiffseg_scripts")  # tests/bundles/textdiffseg/conftest.py
-
-
 TINY = {
     "roi_size": [16, 16, 16],
     "label_ae_channels": [8, 16],

@@ -21,9 +21,6 @@ from common.utils.bundles import REPO_ROOT, bundle_scripts
 BUNDLE = REPO_ROOT / "bundles" / "textdiffseg"
 
 
-pytestmark = pytest.mark.usefixtures("textdiffseg_scripts")  # tests/bundles/textdiffseg/conftest.py
-
-
 def _parser(*overrides: str) -> ConfigParser:
     p = ConfigParser()
     p.read_config([str(BUNDLE / "configs" / "inference.json"), *[str(BUNDLE / "configs" / o) for o in overrides]])
@@ -134,7 +131,7 @@ def test_bundle_scripts_helper_switches_and_restores_the_scripts_package():
     from common.utils.bundles import BUNDLES_DIR
 
     outer = sys.modules["scripts"]
-    assert Path(outer.__file__).parent == BUNDLE / "scripts"  # this module's textdiffseg_scripts fixture
+    assert Path(outer.__file__).parent == BUNDLE / "scripts"  # this module's autouse this_bundles_scripts fixture
     outer_network = importlib.import_module("scripts.network")
     path_before = list(sys.path)
     with bundle_scripts("cdal") as folder:

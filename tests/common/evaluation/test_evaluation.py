@@ -340,7 +340,7 @@ def test_mismatched_shapes_raise_naming_both_files(tmp_path):
     tifffile.imwrite(tmp_path / "unc.tif", np.zeros((10, 10), np.float32))
     with pytest.raises(BadInputError, match=r"unc.tif and .*label_a.png: uncertainty shape"):
         evaluate_cases([{"label": label, "pred": label, "uncertainty": str(tmp_path / "unc.tif")}], 2, tmp_path)
-    with pytest.raises(BadInputError, match="missing.png: file not found"):
+    with pytest.raises(BadInputError, match="missing.png: prediction file not found"):
         evaluate_cases([{"label": label, "pred": str(tmp_path / "missing.png")}], 2, tmp_path)
 
 
