@@ -72,6 +72,9 @@ CONTRACT_KEYS: dict[str, tuple[str, ...]] = {
     "multi_gpu_train.json": ("device", "run"),
 }
 ENTRY_IDS = ("initialize", "run", "finalize", "network_def", "inferer")
+#: the prompt of the network check for text-guided bundles whose config has no default text (MONAI Label's typed
+#: ``text`` option, ``displayable_configs#text``)
+EXAMPLE_TEXT = "Example report text for the network check."
 REF_PATTERN = re.compile(r"@((?:\w+(?:#|::))*\w+)")
 
 
@@ -273,6 +276,13 @@ def _check_network(
                 y = net(x)
             except TypeError:
                 how = "inferer(image, network_def)"
+                if (
+                    "displayable_configs#text" in parser
+                    and parser.get_parsed_content("displayable_configs#text") is None
+                ):
+                    # text-guided bundle without a default prompt (a case without text is an error by design)
+                    parser["displayable_configs#text"] = EXAMPLE_TEXT
+                    how += f" with the text {EXAMPLE_TEXT!r}"
                 inferer = parser.get_parsed_content("inferer")
                 y = inferer(x, net)
     except Exception as e:  # noqa: BLE001
