@@ -1,6 +1,7 @@
 """Latent DDIM sampling inside MONAI's sliding-window inference, with samples-per-window uncertainty.
 
-TextDiffSeg (``textdiffseg.md`` §5, paper §III.B) segments a volume by running, for every 96^3 window, a 10-step
+TextDiffSeg (``bundles/textdiffseg/docs/sources.md`` §5, paper §III.B) segments a volume by running, for every 96^3
+window, a 10-step
 DDIM chain in the label latent space conditioned on the image window, decoding the sampled latent to class
 probabilities, and stitching the windows with ``sliding_window_inference(overlap=0.5)``. This module is that loop,
 independent of the network: the network only has to expose four methods (:class:`LatentSegmentationDiffusion`)::
@@ -91,19 +92,20 @@ class DDIMSlidingWindowInferer(SamplingInferer):
     Args:
         roi_size: window size (paper: 96^3). Each size must be divisible by the network's latent down factor.
         scheduler: a MONAI scheduler with ``set_timesteps`` / ``step``; default
-            ``DDIMScheduler(1000, schedule="cosine", clip_sample=False)`` (``textdiffseg.md`` §2.7).
+            ``DDIMScheduler(1000, schedule="cosine", clip_sample=False)`` (``bundles/textdiffseg/docs/sources.md``
+            §2.7).
         num_inference_steps: sampling steps (paper: DDIM 10).
         num_samples: S independent chains per window; mean probabilities, variance as uncertainty.
         sw_batch_size: windows per network call (each call runs ``sw_batch_size * S`` chains).
         overlap: window overlap (paper: 0.5).
         mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"``.
-        eta: DDIM eta (0 = deterministic given the initial noise; ``textdiffseg.md`` §2.7).
+        eta: DDIM eta (0 = deterministic given the initial noise; ``bundles/textdiffseg/docs/sources.md`` §2.7).
         seed: seed of the initial noise, re-applied on every call so a volume's result is reproducible;
             ``None`` draws from the global generator.
         return_uncertainty: default of the call's flag: append the uncertainty as one extra channel
             (:class:`~common.inferers.sampling.SamplingInferer`; :meth:`with_uncertainty` gives a copy with it on).
         standardise_latent: re-standardise the latent (per sample mean 0 / std 1) on the initial noise and after
-            every step, as LDSeg's sampler does (``textdiffseg.md`` §5; default off).
+            every step, as LDSeg's sampler does (``bundles/textdiffseg/docs/sources.md`` §5; default off).
         sw_device, device: as in ``sliding_window_inference`` (window compute device / stitching device).
         progress: show a progress bar over windows.
     """

@@ -2,10 +2,12 @@
 
 Used by
 
-- TextDiff (spec ``textdiff.md`` §2.3): 2D decoder features, 768-d Bio_ClinicalBERT tokens; the official head is one
+- TextDiff (``bundles/textdiff/docs/sources.md`` §2.3): 2D decoder features, 768-d Bio_ClinicalBERT tokens; the official
+head is one
   :class:`TextConditionedTransformerBlock` with two cross-attentions (8 heads x 64), a post-attention LayerNorm and a
   GELU -> Linear feed-forward, shared over all feature scales.
-- TextDiffSeg (spec ``textdiffseg.md`` §2.5, paper eq 2): ``z_it = z_i + CrossAttn(z_i, z_t)`` on the 3D latent image
+- TextDiffSeg (``bundles/textdiffseg/docs/sources.md`` §2.5, paper eq 2): ``z_it = z_i + CrossAttn(z_i, z_t)`` on the 3D
+latent image
   embedding, i.e. :class:`TextCrossAttention` with ``spatial_dims=3``.
 
 Why not ``monai.networks.blocks.CrossAttentionBlock`` as is: in MONAI 1.6.1 its ``forward(x, context)`` takes no
@@ -201,7 +203,8 @@ class TextCrossAttention(_TextAttention):
     """Residual masked cross-attention of a 2D/3D feature map over text tokens.
 
     ``y = x + proj(attn(norm(tokens(x)), context, context_mask))`` with one query token per pixel/voxel
-    (channels-last tokens, no positional encoding), as TextDiffSeg eq 2 (``textdiffseg.md`` §2.5) with an optional
+    (channels-last tokens, no positional encoding), as TextDiffSeg eq 2 (``bundles/textdiffseg/docs/sources.md`` §2.5)
+    with an optional
     pre-LayerNorm over channels.
 
     Args:
@@ -214,7 +217,7 @@ class TextCrossAttention(_TextAttention):
         qkv_bias: bias in the q/k/v projections.
         norm: LayerNorm over channels before the attention (needs ``in_channels > 1``).
 
-    Example (TextDiffSeg, 1-channel 12^3 latent; ``textdiffseg.md`` §2.5)::
+    Example (TextDiffSeg, 1-channel 12^3 latent; ``bundles/textdiffseg/docs/sources.md`` §2.5)::
 
         fuse = TextCrossAttention(3, in_channels=1, context_dim=768, hidden_size=64, num_heads=4, norm=False)
         z_it = fuse(z_i, text.tokens, text.mask)  # (B, 1, 12, 12, 12)
@@ -257,7 +260,8 @@ class TextConditionedTransformerBlock(_TextAttention):
     For each of ``num_cross_attention`` layers: ``t = t + out_norm(crossattn(LN(t), context, mask))``; then
     ``t = t + FF(LN(t))``. There is no image self-attention: with ``num_cross_attention=2``, ``out_norm=True``,
     ``feed_forward="gelu_linear"``, ``hidden_size=512``, ``num_heads=8`` and 768 channels this is TextDiff's
-    ``BasicTransformerBlock(only_cross_attention=True)`` (``textdiff.md`` §2.3; 3,745,536 parameters) -- the
+    ``BasicTransformerBlock(only_cross_attention=True)`` (``bundles/textdiff/docs/sources.md`` §2.3; 3,745,536
+    parameters) -- the
     official code attends the [PAD] tokens (no mask); pass ``context_mask=None`` for that.
 
     Args:

@@ -1,6 +1,7 @@
 """Deterministic label autoencoder: one-hot label -> standardised continuous latent -> class logits.
 
-TextDiffSeg (``textdiffseg.md`` §2.2, paper §II.C and §III.B) and its ancestor LDSeg embed a discrete label volume
+TextDiffSeg (``bundles/textdiffseg/docs/sources.md`` §2.2, paper §II.C and §III.B) and its ancestor LDSeg embed a
+discrete label volume
 into a low-dimensional continuous latent on which a diffusion model runs, because adding Gaussian noise to a
 label with a handful of modes is unnatural. The encoder is "a lightweight 3D convolutional network" whose last
 layer is a normalisation "to ensure that the label embeddings follow a standardized distribution (mu = 0,
@@ -36,7 +37,8 @@ class StandardiseLatent(nn.Module):
     """Per-sample standardisation over all non-batch dims: ``(z - mean) / sqrt(var + eps)``.
 
     Equivalent to ``nn.LayerNorm(z.shape[1:], elementwise_affine=False)`` but independent of the spatial size, so
-    the same encoder works for every window size (the paper's "final normalization layer", ``textdiffseg.md``
+    the same encoder works for every window size (the paper's "final normalization layer",
+    ``bundles/textdiffseg/docs/sources.md``
     §2.2). Output: mean 0, population std 1 (up to ``eps``) per sample.
     """
 
@@ -50,7 +52,8 @@ class StandardiseLatent(nn.Module):
 
 
 class LabelAutoencoder(nn.Module):
-    """Label encoder to a standardised latent + label decoder to class logits (``textdiffseg.md`` §2.2).
+    """Label encoder to a standardised latent + label decoder to class logits (``bundles/textdiffseg/docs/sources.md``
+    §2.2).
 
     Args:
         spatial_dims: 2 or 3.

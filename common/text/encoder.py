@@ -2,9 +2,11 @@
 
 Both text-guided bundles use the token states (``last_hidden_state``) of a frozen BERT:
 
-- TextDiff (``textdiff.md`` §2.4): ``emilyalsentzer/Bio_ClinicalBERT``, ``max_length=10``, ``truncation=True``,
+- TextDiff (``bundles/textdiff/docs/sources.md`` §2.4): ``emilyalsentzer/Bio_ClinicalBERT``, ``max_length=10``,
+``truncation=True``,
   ``padding="max_length"`` -> (10, 768) per image, including the [CLS]/[SEP]/[PAD] states.
-- TextDiffSeg (``textdiffseg.md`` §2.4): the same model, frozen, one fixed prompt per class; token states with the
+- TextDiffSeg (``bundles/textdiffseg/docs/sources.md`` §2.4): the same model, frozen, one fixed prompt per class; token
+states with the
   padding dropped (``padding="longest"`` + ``TextEmbedding.mask``).
 
 The tokenizer/model come from ``transformers`` (``AutoTokenizer``/``AutoModel``, never ``trust_remote_code``); MONAI
@@ -195,7 +197,7 @@ class FrozenTextEncoder(nn.Module):
 
     Args:
         name_or_path: local folder (``save_pretrained`` layout) or Hugging Face id; default Clinical BioBERT
-            (``textdiff.md`` §2.4, ``textdiffseg.md`` §2.4).
+            (``bundles/textdiff/docs/sources.md`` §2.4, ``bundles/textdiffseg/docs/sources.md`` §2.4).
         max_length: token limit incl. special tokens; default min(tokenizer.model_max_length,
             config.max_position_embeddings) (512 for BERT-base). TextDiff: 10.
         truncation: cut texts longer than the limit (TextDiff: True). If False such a text raises
@@ -204,7 +206,7 @@ class FrozenTextEncoder(nn.Module):
             (L = the limit, padding states are BERT's [PAD] states; TextDiff).
         cache: keep the embeddings of texts seen before.
 
-    Example (TextDiff, ``textdiff.md`` §2.4)::
+    Example (TextDiff, ``bundles/textdiff/docs/sources.md`` §2.4)::
 
         encoder = FrozenTextEncoder("models/bio_clinicalbert", max_length=10, truncation=True, padding="max_length")
         text = encoder(["Bilateral pulmonary infection, two infected areas."], case_ids=["covid_1.png"])

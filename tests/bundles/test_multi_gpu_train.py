@@ -2,7 +2,7 @@
 
 Issue 8 ("Several GPUs"): the overlay on ``train.json`` wraps the network(s) in DDP, shards the data with
 ``DistributedSampler``, lets rank 0 alone write checkpoints, and picks the backend by device (nccl on GPU, gloo on
-CPU). This file runs the real launch command of the model zoo (spec ``monai-conventions.md`` section F)::
+CPU). This file runs the real launch command of the model zoo (the model zoo's multi-GPU command, https://github.com/Project-MONAI/model-zoo/blob/dev/CONTRIBUTING.md)::
 
     python -m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \
         --config_file "['configs/train.json','configs/multi_gpu_train.json','configs/demo.json']" \

@@ -1,6 +1,7 @@
 """The TextDiffSeg network: image encoder, text fusion, label autoencoder and latent denoiser, trained jointly.
 
-Paper §II (Fig. 1) and ``textdiffseg.md`` §2-§3. Parts (MONAI building blocks, constructor arguments per spec):
+Paper §II (Fig. 1) and ``bundles/textdiffseg/docs/sources.md`` §2-§3. Parts (MONAI building blocks, constructor
+arguments per spec):
 
 - image encoder f_3D-image-enc (§2.3): ``monai.networks.nets.autoencoderkl.Encoder`` with self-attention at its last
   two levels (the paper's "final two down-sampling layers ... incorporate multi-head attention layers"; MONAI's
@@ -66,7 +67,8 @@ def pool_text(tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Te
 
 
 class TextDiffSegNet(nn.Module):
-    """TextDiffSeg's trainable parts (see the module docstring). Defaults = ``textdiffseg.md`` §2 at 96^3.
+    """TextDiffSeg's trainable parts (see the module docstring). Defaults = ``bundles/textdiffseg/docs/sources.md`` §2
+    at 96^3.
 
     Args:
         num_classes: N, label classes incl. background.

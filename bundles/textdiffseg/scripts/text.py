@@ -1,6 +1,6 @@
 """Text conditioning of TextDiffSeg: which text a case gets, encoding it, and prompt-selected targets.
 
-Paper §II.B.2 (eq 1) and ``textdiffseg.md`` §2.4. Two ways the text enters, chosen in the config:
+Paper §II.B.2 (eq 1) and ``bundles/textdiffseg/docs/sources.md`` §2.4. Two ways the text enters, chosen in the config:
 
 - **dataset prompts** (the paper; default): every case of a dataset gets the same description, one sentence per
   target class (spec [choice]: the CLIP-Driven Universal Model template "A computerized tomography of a [CLS]"); the

@@ -3,7 +3,7 @@
 The trainer's iteration is MONAI's: ``pred = inferer(inputs, network, *args, **kwargs)`` then
 ``loss = loss_function(pred, targets)``. :class:`TextBatch` makes ``prepare_batch`` pass the label and the texts
 as keyword arguments, :class:`TrainingForward` is the train-time "inferer" (text -> context, then the network's
-training forward, ``textdiffseg.md`` §3 steps 1-4) and :class:`TextDiffSegLoss` is eqs 4-6:
+training forward, ``bundles/textdiffseg/docs/sources.md`` §3 steps 1-4) and :class:`TextDiffSegLoss` is eqs 4-6:
 ``L = CE(y_hat, y) + gamma * Dice(y_hat, y) + lambda * MSE(eps_hat, eps)`` (MONAI ``DiceCELoss`` on the decoder
 logits: ``lambda_ce=1``, ``lambda_dice=gamma``, background included, batch Dice; spec: gamma = 2, lambda = 1).
 """

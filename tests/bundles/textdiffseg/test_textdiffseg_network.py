@@ -1,7 +1,8 @@
 """TextDiffSeg network: the paper-scale config instantiates and maps a 96^3 window; text fusion modes; bad inputs.
 
 The 96^3 check runs the full default network of ``configs/inference.json`` (4.7 M parameters, channels as in
-``textdiffseg.md`` §2) once without gradients, part by part: image window -> z_it (1 x 12^3), label -> standardised
+``bundles/textdiffseg/docs/sources.md`` §2) once without gradients, part by part: image window -> z_it (1 x 12^3), label
+-> standardised
 latent, denoiser, decoder -> class probabilities at 96^3. The text context is a random (1, 9, 768) token tensor
 (Clinical BioBERT's width; the encoder itself is not available offline).
 """
