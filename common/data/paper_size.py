@@ -133,52 +133,32 @@ def _busi(raw: Path, n: int, seed: int, size: tuple[int, int] | None = None) -> 
     make_busi_like(raw, n_benign=0, n_malignant=n, n_normal=0, size=size or (500, 600), seed=seed)
 
 
+_hippocampus = _msd("Task04_Hippocampus", 3, ("background", "Anterior", "Posterior"), (35, 51, 35), (1.0, 1.0, 1.0))
+_pancreas = _msd("Task07_Pancreas", 3, ("background", "pancreas", "cancer"), (512, 512, 96), (0.78, 0.78, 2.5))
+_colon = _msd("Task10_Colon", 2, ("background", "colon cancer primaries"), (512, 512, 100), (0.78, 0.78, 5.0))
+_spleen = _msd("Task09_Spleen", 2, ("background", "spleen"), (512, 512, 40), (0.79, 0.79, 5.0))
+_prostate = _msd("Task05_Prostate", 3, ("background", "PZ", "TZ"), (320, 320, 20), (0.6, 0.6, 3.6), n_channels=2)
+_CXR = "Shenzhen 2949 x 3000 / Montgomery 4892 x 4020 grey PNGs (Kaggle lung masks)"
+_SPLEEN = "512 x 512 x 40 CT at 0.79 x 0.79 x 5 mm (MSD Task09) -> 384^2 slices"
+_PROSTATE = "320 x 320 x 20 x 2 MR at 0.6 x 0.6 x 3.6 mm (MSD Task05) -> T2 slices"
+_LITS_RESAMPLED = "LiTS layout at 1.5 x 1.5 x 2 mm (bench: voxels = network input)"
+_PROSTATE_OPTIONS = {"n_folds": 0, "channels": [0], "binary": True, "label_names": {"1": "prostate"}}
+
 PAPER_SIZE_DATASETS: dict[str, PaperSizeDataset] = {
     d.name: d
     for d in (
         PaperSizeDataset("monuseg", "1000 x 1000 RGB H&E tiles + Aperio XML (MoNuSeg 2018)", "monuseg", _monuseg),
         PaperSizeDataset("qata", "224 x 224 grey chest X-rays + LViT text tables (QaTa-COV19)", "qata", _qata),
-        PaperSizeDataset(
-            "cxr", "Shenzhen 2949 x 3000 / Montgomery 4892 x 4020 grey PNGs (Kaggle lung masks)", "cxr_lungs", _cxr
-        ),
-        PaperSizeDataset(
-            "hippocampus",
-            "35 x 51 x 35 MR at 1 mm (MSD Task04)",
-            "msd",
-            _msd("Task04_Hippocampus", 3, ("background", "Anterior", "Posterior"), (35, 51, 35), (1.0, 1.0, 1.0)),
-        ),
+        PaperSizeDataset("cxr", _CXR, "cxr_lungs", _cxr),
+        PaperSizeDataset("hippocampus", "35 x 51 x 35 MR at 1 mm (MSD Task04)", "msd", _hippocampus),
         PaperSizeDataset("kits21", "120 x 512 x 512 CT at 3.0 x 0.78 x 0.78 mm (KiTS21)", "kits21", _kits21),
         PaperSizeDataset("lits", "512 x 512 x 120 CT at 0.78 x 0.78 x 2.5 mm (LiTS)", "lits", _lits),
-        PaperSizeDataset(
-            "lits_1.5mm", "LiTS layout at 1.5 x 1.5 x 2 mm (bench: voxels = network input)", "lits", _lits_resampled
-        ),
-        PaperSizeDataset(
-            "msd_pancreas",
-            "512 x 512 x 96 CT at 0.78 x 0.78 x 2.5 mm (MSD Task07)",
-            "msd",
-            _msd("Task07_Pancreas", 3, ("background", "pancreas", "cancer"), (512, 512, 96), (0.78, 0.78, 2.5)),
-        ),
-        PaperSizeDataset(
-            "msd_colon",
-            "512 x 512 x 100 CT at 0.78 x 0.78 x 5.0 mm (MSD Task10)",
-            "msd",
-            _msd("Task10_Colon", 2, ("background", "colon cancer primaries"), (512, 512, 100), (0.78, 0.78, 5.0)),
-        ),
+        PaperSizeDataset("lits_1.5mm", _LITS_RESAMPLED, "lits", _lits_resampled),
+        PaperSizeDataset("msd_pancreas", "512 x 512 x 96 CT at 0.78 x 0.78 x 2.5 mm (MSD Task07)", "msd", _pancreas),
+        PaperSizeDataset("msd_colon", "512 x 512 x 100 CT at 0.78 x 0.78 x 5.0 mm (MSD Task10)", "msd", _colon),
         PaperSizeDataset("busi", "500 x 600 grey ultrasound PNGs (BUSI, malignant)", "busi", _busi, {"n_folds": 0}),
-        PaperSizeDataset(
-            "spleen_slices",
-            "512 x 512 x 40 CT at 0.79 x 0.79 x 5 mm (MSD Task09) -> 384^2 slices",
-            "msd_slices",
-            _msd("Task09_Spleen", 2, ("background", "spleen"), (512, 512, 40), (0.79, 0.79, 5.0)),
-            {"n_folds": 0},
-        ),
-        PaperSizeDataset(
-            "prostate_slices",
-            "320 x 320 x 20 x 2 MR at 0.6 x 0.6 x 3.6 mm (MSD Task05) -> T2 slices",
-            "msd_slices",
-            _msd("Task05_Prostate", 3, ("background", "PZ", "TZ"), (320, 320, 20), (0.6, 0.6, 3.6), n_channels=2),
-            {"n_folds": 0, "channels": [0], "binary": True, "label_names": {"1": "prostate"}},
-        ),
+        PaperSizeDataset("spleen_slices", _SPLEEN, "msd_slices", _spleen, {"n_folds": 0}),
+        PaperSizeDataset("prostate_slices", _PROSTATE, "msd_slices", _prostate, _PROSTATE_OPTIONS),
     )
 }
 

@@ -205,6 +205,7 @@ def render_overlay(
     image: np.ndarray | torch.Tensor | None,
     label: np.ndarray | torch.Tensor | None,
     pred: np.ndarray | torch.Tensor | None,
+    *,
     num_classes: int = 2,
     uncertainty: np.ndarray | torch.Tensor | None = None,
     uncertainty_range: tuple[float, float] | None = None,
@@ -271,12 +272,13 @@ def save_overlay(
     image: np.ndarray | torch.Tensor | None,
     label: np.ndarray | torch.Tensor | None,
     pred: np.ndarray | torch.Tensor | None,
-    num_classes: int = 2,
     uncertainty: np.ndarray | torch.Tensor | None = None,
-    uncertainty_range: tuple[float, float] | None = None,
+    *,
     slice_index: int | None = None,
-    source: str | None = None,
     min_display_size: int | None = None,
+    num_classes: int = 2,
+    uncertainty_range: tuple[float, float] | None = None,
+    source: str | None = None,
 ) -> Path:
     """Write the overlay PNG of a 2D case, or of one axial slice of a 3D case, atomically.
 
@@ -285,13 +287,13 @@ def save_overlay(
         image: (H, W), (H, W, 3) or (D, H, W) image, or None.
         label: ground-truth label map (H, W) or (D, H, W), or None.
         pred: predicted label map of the same shape as ``label``, or None.
-        num_classes: number of classes including the background.
         uncertainty: optional uncertainty map of the label's shape; adds the heat-map panel.
-        uncertainty_range: (vmin, vmax) for the heat map's colour scale.
         slice_index: for 3D, the slice along axis 0 to draw; default :func:`select_slice`.
-        source: case id or file name for error messages (default: ``path``).
         min_display_size: if given, small slices are enlarged by an integer factor (nearest neighbour, before the
             contours are drawn, so contours stay thin) until their shorter side is at least this many pixels.
+        num_classes: number of classes including the background.
+        uncertainty_range: (vmin, vmax) for the heat map's colour scale.
+        source: case id or file name for error messages (default: ``path``).
 
     Returns:
         the path written.
@@ -326,9 +328,8 @@ def save_overlay(
         arrays = {n: enlarge(a) for n, a in arrays.items()}
         img, unc = enlarge(img), enlarge(unc)
         info.add_text("scale", f"enlarged {f}x (nearest neighbour) for display")
-    rgb = render_overlay(
-        img, arrays["label"], arrays["pred"], num_classes, unc, uncertainty_range=uncertainty_range, source=src
-    )
+    options = {"num_classes": num_classes, "uncertainty": unc, "uncertainty_range": uncertainty_range, "source": src}
+    rgb = render_overlay(img, arrays["label"], arrays["pred"], **options)
     info.add_text("palette", "ground truth: cool colours, prediction: warm colours (class 1: green / red)")
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG", pnginfo=info)

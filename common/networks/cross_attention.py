@@ -98,16 +98,9 @@ class MaskedCrossAttentionBlock(CrossAttentionBlock):
         dim_head: int | None = None,
         qkv_bias: bool = False,
     ) -> None:
-        super().__init__(
-            hidden_size=hidden_size,
-            num_heads=num_heads,
-            dropout_rate=dropout_rate,
-            hidden_input_size=hidden_input_size,
-            context_input_size=context_input_size,
-            dim_head=dim_head,
-            qkv_bias=qkv_bias,
-            use_flash_attention=True,
-        )
+        # MONAI CrossAttentionBlock's leading parameters, in its order (monai/networks/blocks/crossattention.py)
+        sizes = (hidden_size, num_heads, dropout_rate, hidden_input_size, context_input_size, dim_head, qkv_bias)
+        super().__init__(*sizes, use_flash_attention=True)
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
@@ -261,22 +254,23 @@ class TextConditionedTransformerBlock(_TextAttention):
     ``t = t + FF(LN(t))``. There is no image self-attention: with ``num_cross_attention=2``, ``out_norm=True``,
     ``feed_forward="gelu_linear"``, ``hidden_size=512``, ``num_heads=8`` and 768 channels this is TextDiff's
     ``BasicTransformerBlock(only_cross_attention=True)`` (``bundles/textdiff/docs/sources.md`` §2.3; 3,745,536
-    parameters) -- the
-    official code attends the [PAD] tokens (no mask); pass ``context_mask=None`` for that.
+    parameters) -- the official code attends the [PAD] tokens (no mask); pass ``context_mask=None`` for that.
 
     Args:
         spatial_dims: 2 or 3 (1 also works).
         in_channels: C of the feature map (> 1, for the LayerNorms).
         context_dim: D of the text tokens.
-        hidden_size: attention width (num_heads * head dim); default ``in_channels``.
-        num_heads: number of heads; must divide ``hidden_size``.
+
+    Keyword-only, the block's structure first, then its widths:
         num_cross_attention: number of stacked cross-attention layers (TextDiff: 2).
         feed_forward: ``"mlp"`` = MONAI ``MLPBlock`` Linear(C->mlp_dim) -> GELU -> Linear(mlp_dim->C);
             ``"gelu_linear"`` = GELU -> Dropout -> Linear(C->C) (TextDiff's modified FeedForward).
+        out_norm: LayerNorm(C) after each attention output projection (TextDiff's non-standard ``to_out``).
+        hidden_size: attention width (num_heads * head dim); default ``in_channels``.
+        num_heads: number of heads; must divide ``hidden_size``.
         mlp_dim: hidden width of the ``"mlp"`` feed-forward; default ``4 * in_channels``.
         dropout: dropout in attention and feed-forward (training mode only).
         qkv_bias: bias in the q/k/v projections.
-        out_norm: LayerNorm(C) after each attention output projection (TextDiff's non-standard ``to_out``).
     """
 
     def __init__(
@@ -284,14 +278,15 @@ class TextConditionedTransformerBlock(_TextAttention):
         spatial_dims: int,
         in_channels: int,
         context_dim: int,
-        hidden_size: int | None = None,
-        num_heads: int = 8,
+        *,
         num_cross_attention: int = 1,
         feed_forward: Literal["mlp", "gelu_linear"] = "mlp",
+        out_norm: bool = False,
+        hidden_size: int | None = None,
+        num_heads: int = 8,
         mlp_dim: int | None = None,
         dropout: float = 0.0,
         qkv_bias: bool = False,
-        out_norm: bool = False,
     ) -> None:
         super().__init__(spatial_dims, in_channels, context_dim, hidden_size, num_heads, norm=True)
         if num_cross_attention < 1:

@@ -509,8 +509,7 @@ class CheckTextd(MapTransform):
         self.max_tokens = max_tokens
         self.count_tokens = count_tokens
         self.max_chars = max_chars
-        self.source_key = source_key
-        self.case_key = case_key
+        self.source_key, self.case_key = source_key, case_key  # where messages find the case's name
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
         d = data

@@ -152,15 +152,9 @@ class CDALTrainer(Trainer):
             raise ValueError("CDALTrainer: amp is not supported (the R1 double backward runs in float32)")
         if epoch_length is None:
             check_loader_has_batches(train_data_loader)
-        super().__init__(
-            device=torch.device(device),
-            max_epochs=max_epochs,
-            data_loader=train_data_loader,
-            epoch_length=epoch_length,
-            handlers=train_handlers,
-            decollate=False,
-            amp=False,
-        )
+        # Workflow(device, max_epochs, data_loader, epoch_length, ...); the iteration is ours, batches stay collated
+        workflow = (torch.device(device), max_epochs, train_data_loader, epoch_length)
+        super().__init__(*workflow, handlers=train_handlers, decollate=False)
         self.generator, self.discriminator = generator, discriminator
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.schedule = schedule

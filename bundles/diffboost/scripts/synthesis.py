@@ -237,6 +237,7 @@ class ControlNetSampler:
             "guidance_scale": self.guidance_scale,
             "eta": self.eta,
             "controlnet_conditioning_scale": self.conditioning_scale,
+            "guess_mode": False,
         }
 
     def settings(self) -> dict[str, Any]:
@@ -291,17 +292,8 @@ class ControlNetSampler:
         hint = e.clamp(0, 1).expand(n, 3, h, w).to(self.device)
         cond, neg = self.embeddings(prompt, indices)
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        out = self.pipe(
-            prompt_embeds=cond,
-            negative_prompt_embeds=neg,
-            image=hint,
-            height=h,
-            width=w,
-            **self._pipeline_settings(),
-            guess_mode=False,
-            generator=generators,
-            output_type="pt",
-        ).images
+        call = dict(self._pipeline_settings(), prompt_embeds=cond, negative_prompt_embeds=neg, generator=generators)
+        out = self.pipe(image=hint, height=h, width=w, output_type="pt", **call).images
         return (out.float().mean(dim=1, keepdim=True) * 2.0 - 1.0).clamp(-1.0, 1.0).cpu()
 
 

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -128,14 +129,12 @@ class TextGuidedFeatureInferer(SamplingInferer):
         stacked = torch.softmax(torch.stack(logits), dim=2)  # (K, B, C, S, S)
         return stacked.mean(0), foreground_variance(stacked, sample_dim=0, channel_dim=2)
 
-    def __call__(  # type: ignore[override]
-        self,
-        inputs: torch.Tensor,
-        network: nn.Module,
-        texts: Sequence[str] | str | None = None,
-        case_ids: Sequence[str] | None = None,
-        return_uncertainty: bool | None = None,
-    ) -> torch.Tensor:
-        if self.output == "logits":  # training: noise draw 0, with gradients into the head
-            return self._logits(inputs, network, texts, case_ids, range(1))[0]
-        return super().__call__(inputs, network, texts=texts, case_ids=case_ids, return_uncertainty=return_uncertainty)
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``output="logits"`` (training): the head's logits for noise draw 0, with gradients into the head; otherwise
+        :meth:`SamplingInferer.__call__` (the keywords of :meth:`sample` and ``return_uncertainty``)."""
+        if self.output == "logits":
+            unknown = sorted(set(kwargs) - {"texts", "case_ids", "return_uncertainty"})
+            if args or unknown:
+                raise TypeError(f"{type(self).__name__}: unexpected arguments {args!r} {unknown}")
+            return self._logits(inputs, network, kwargs.get("texts"), kwargs.get("case_ids"), range(1))[0]
+        return super().__call__(inputs, network, *args, **kwargs)
