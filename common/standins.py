@@ -324,8 +324,7 @@ def adm_standin_config() -> dict[str, Any]:
 
 def monai_to_adm_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The inverse of :func:`common.networks.guided_diffusion.convert_adm_state_dict`: MONAI ``DiffusionModelUNet``
-    weights
-    (built by ``adm_unet``) -> an official guided-diffusion state dict, in ADM's key order.
+    weights (built by ``adm_unet``) -> an official guided-diffusion state dict, in ADM's key order.
 
     ``to_q``/``to_k``/``to_v`` (C, C) are fused head by head (legacy order) into ``qkv`` (3C, C, 1) (biases (3C,));
     ``out_proj`` (C, C) -> ``proj_out`` (C, C, 1) (Conv1d); everything else keeps its shape. Works on ``meta``
@@ -375,15 +374,13 @@ def write_adm_standin(
     released checkpoint (https://github.com/openai/guided-diffusion README, 256x256 unconditional).
 
     Built by ``common.networks.guided_diffusion.adm_unet(**config, init_seed=seed, random_residuals=True)`` (the
-    zero-initialised
-    output layers get small random weights, as a trained checkpoint has none that are zero) and renamed with
-    :func:`monai_to_adm_state_dict`. Full size (``config=None`` = :func:`adm_standin_config`): 566 tensors,
+    zero-initialised output layers get small random weights, as a trained checkpoint has none that are zero) and renamed
+    with :func:`monai_to_adm_state_dict`. Full size (``config=None`` = :func:`adm_standin_config`): 566 tensors,
     552,814,086 parameters, ~2.2 GB; the counts are asserted.
 
     Verification: the file re-loads with the same keys and values, and
     ``common.networks.guided_diffusion.load_adm_weights(fresh_unet, path)`` loads it strictly into a fresh UNet whose
-    weights
-    then equal the written ones. The marker is written last. Returns the file path.
+    weights then equal the written ones. The marker is written last. Returns the file path.
     """
     import torch
 

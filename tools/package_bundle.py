@@ -11,9 +11,9 @@ packages between them, so the ``common`` imported first (by whichever bundle) mu
 (a bundle-specific subset failed there with ``No module named 'scripts.adaptive_norm'``). The bundle's configs and
 ``scripts/`` are still scanned for the ``common`` modules they use (transitively): that closure is recorded as
 ``packaged_common.modules_used`` and decides the pinned third-party packages. ``configs/metadata.json`` gets the
-versions of the installed third-party packages the code imports
-(``required_packages_version``, ``monai_version``, ``pytorch_version``, ``numpy_version``) and a
-``packaged_common`` record (modules copied, modules used, ``common`` version, git commit).
+versions of the installed third-party packages the code imports (``required_packages_version``, ``monai_version``,
+``pytorch_version``, ``numpy_version``) and a ``packaged_common`` record (modules copied, modules used, ``common``
+version, git commit).
 
 Weights over ``--large-file-mb`` (25 MB, the model zoo's limit) stay in the folder but are left out of the zip and
 listed in the package's ``large_files.yml`` with their SHA-256 (``url`` = ``--large-files-url`` + file name, or

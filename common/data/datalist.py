@@ -286,8 +286,7 @@ def kfold_splits(case_ids: Sequence[str], n_folds: int) -> list[tuple[list[str],
 
     Written here because scikit-learn is not a dependency. Fold ``k`` holds out a contiguous block of the list; the
     first ``n % n_folds`` blocks have one case more (bundles/diffboost/docs/sources.md §1.3: ``KFold(n_splits=3)`` over
-    dataset.json
-    order).
+    dataset.json order).
 
     Returns:
         ``n_folds`` pairs ``(train_ids, held_out_ids)``, both in the input order.

@@ -4,9 +4,8 @@ Two describers, both deterministic and documented rule by rule so a generated te
 
 * :func:`describe_nuclei_mask` -- 2D binary nuclei masks (MoNuSeg), in the vocabulary of LViT's MoNuSeg texts
   (bundles/textdiff/docs/sources.md §1.2; the 9 distinct LViT sentences are "The nuclei are evenly / sparsely /
-  irregularly
-  distributed.", "The nuclei density is higher around." and "The nuclei density in the <where> is high." with
-  <where> in {upper left, upper right, lower left, lower right, upper, lower, left, right}). LViT does not say how
+  irregularly distributed.", "The nuclei density is higher around." and "The nuclei density in the <where> is high."
+  with <where> in {upper left, upper right, lower left, lower right, upper, lower, left, right}). LViT does not say how
   its sentences were chosen (they were written by hand); the rules below are this project's.
 * :func:`describe_labelled_volume` -- 3D multi-class label volumes (MSD and similar), a template over the dataset
   metadata and the label content:

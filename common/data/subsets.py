@@ -1,8 +1,7 @@
 """Label-efficient training subsets: a seeded random choice of N labelled training cases, recorded to a file.
 
 Used by TextDiff (paper §3: 5 MoNuSeg / 150 QaTa training images, "randomly selected"; bundles/textdiff/docs/sources.md
-§8 c) and by
-any bundle that trains on a few labelled images.
+§8 c) and by any bundle that trains on a few labelled images.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ def select_training_subset(
     """A seeded random subset of ``num_cases`` training cases (all if ``None``), in datalist order.
 
     Which images the paper used is not released (bundles/textdiff/docs/sources.md §8 c); we draw them with Python's
-    ``random.Random(seed)``
-    (seed 40 = the official default) from the datalist's ``training`` split and, if ``record_path`` is given,
-    write the chosen case ids there (JSON) so a run can be reproduced and reported.
+    ``random.Random(seed)`` (seed 40 = the official default) from the datalist's ``training`` split and, if
+    ``record_path`` is given, write the chosen case ids there (JSON) so a run can be reproduced and reported.
 
     Raises:
         BadInputError: ``num_cases`` is not positive or exceeds the number of training cases.

@@ -3,11 +3,11 @@
 :func:`make_cxr_lungs_like` writes ``<dst>/CXR_png/<name>.png`` (8-bit grey) and the lung masks
 ``<dst>/masks/<name>.png`` (Montgomery, ``MCUCXR_<NNNN>_<0|1>``) or ``<dst>/masks/<name>_mask.png`` (Shenzhen,
 ``CHNCXR_<NNNN>_<0|1>``), 0/255, as the release does
-(https://www.kaggle.com/datasets/nikhilpandey360/chest-xray-masks-and-labels).
-The release's images are large: Montgomery 4020 x 4892 or 4892 x 4020 pixels, Shenzhen about 3000 x 3000 (NLM
-Montgomery/Shenzhen descriptions, Jaeger et al. 2014); :data:`MONTGOMERY_SIZE` / :data:`SHENZHEN_SIZE` are those
-sizes as ``(H, W)`` for paper-size stand-ins; tests use small ones. Content: a bright body with two dark lung fields
-(the masks), ribs as faint bands, noise. Deterministic from ``seed``; files written atomically.
+(https://www.kaggle.com/datasets/nikhilpandey360/chest-xray-masks-and-labels). The release's images are large:
+Montgomery 4020 x 4892 or 4892 x 4020 pixels, Shenzhen about 3000 x 3000 (NLM Montgomery/Shenzhen descriptions, Jaeger
+et al. 2014); :data:`MONTGOMERY_SIZE` / :data:`SHENZHEN_SIZE` are those sizes as ``(H, W)`` for paper-size stand-ins;
+tests use small ones. Content: a bright body with two dark lung fields (the masks), ribs as faint bands, noise.
+Deterministic from ``seed``; files written atomically.
 """
 
 from __future__ import annotations

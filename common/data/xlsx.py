@@ -2,11 +2,11 @@
 
 LViT ships its per-image text annotations as ``{Train,Val,Test}_text.xlsx`` (one sheet, header ``Image |
 Description``; bundles/textdiff/docs/sources.md §1.1), which the official code reads with ``pandas.read_excel`` (+
-openpyxl). Neither
-is a dependency of this project, and an .xlsx file is a zip archive of XML parts (ECMA-376), so this module reads
-the first worksheet with :mod:`zipfile` + :mod:`xml.etree.ElementTree`: shared strings, inline strings, numbers and
-booleans; formulas give their cached value. Not supported (raise or ignored): dates as dates (read as numbers),
-rich formatting, merged cells. :func:`write_xlsx_table` writes such a table (used for synthetic LViT-layout data).
+openpyxl). Neither is a dependency of this project, and an .xlsx file is a zip archive of XML parts (ECMA-376), so this
+module reads the first worksheet with :mod:`zipfile` + :mod:`xml.etree.ElementTree`: shared strings, inline strings,
+numbers and booleans; formulas give their cached value. Not supported (raise or ignored): dates as dates (read as
+numbers), rich formatting, merged cells. :func:`write_xlsx_table` writes such a table (used for synthetic LViT-layout
+data).
 """
 
 from __future__ import annotations

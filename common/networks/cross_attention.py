@@ -197,8 +197,7 @@ class TextCrossAttention(_TextAttention):
 
     ``y = x + proj(attn(norm(tokens(x)), context, context_mask))`` with one query token per pixel/voxel
     (channels-last tokens, no positional encoding), as TextDiffSeg eq 2 (``bundles/textdiffseg/docs/sources.md`` §2.5)
-    with an optional
-    pre-LayerNorm over channels.
+    with an optional pre-LayerNorm over channels.
 
     Args:
         spatial_dims: 2 or 3 (1 also works).

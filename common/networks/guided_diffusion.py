@@ -20,9 +20,8 @@ UNet implementation this module
 * registers ``tools/convert_checkpoint.py textdiff`` (official ADM checkpoint -> ``{"model": MONAI state dict}``).
 
 Remaining differences to ADM (bundles/textdiff/docs/sources.md §9): ADM's ``GroupNorm32`` computes in fp32 under fp16
-and its attention softmax
-is fp32 -- run the MONAI net under ``torch.autocast(float16)`` (group_norm/softmax are on autocast's fp32 list), not
-with ``.half()`` weights; dropout (0.1 in ADM) is absent (irrelevant in eval mode).
+and its attention softmax is fp32 -- run the MONAI net under ``torch.autocast(float16)`` (group_norm/softmax are on
+autocast's fp32 list), not with ``.half()`` weights; dropout (0.1 in ADM) is absent (irrelevant in eval mode).
 """
 
 from __future__ import annotations
@@ -222,8 +221,7 @@ def adm_to_monai_names(unet: DiffusionModelUNet) -> dict[str, tuple[str, str]]:
     """Module-prefix map ``{ADM prefix: (MONAI prefix, kind)}``, kind in {"res", "attn", "conv", "linear", "norm"}.
 
     Follows ADM's ``UNetModel.__init__`` (bundles/textdiff/docs/sources.md §9 table): ``input_blocks`` = [conv_in] + per
-    level
-    (ResBlock[, Attention]) x num_res_blocks + a down ResBlock between levels; ``middle_block`` = Res, Attn, Res;
+    level (ResBlock[, Attention]) x num_res_blocks + a down ResBlock between levels; ``middle_block`` = Res, Attn, Res;
     ``output_blocks`` = per level from the deepest (ResBlock[, Attention]) x (num_res_blocks + 1), the last one of a
     level ending with an up ResBlock (sub-index 2 with attention, else 1) except at the top level.
     """

@@ -1,11 +1,10 @@
 """Deterministic label autoencoder: one-hot label -> standardised continuous latent -> class logits.
 
 TextDiffSeg (``bundles/textdiffseg/docs/sources.md`` §2.2, paper §II.C and §III.B) and its ancestor LDSeg embed a
-discrete label volume
-into a low-dimensional continuous latent on which a diffusion model runs, because adding Gaussian noise to a
-label with a handful of modes is unnatural. The encoder is "a lightweight 3D convolutional network" whose last
-layer is a normalisation "to ensure that the label embeddings follow a standardized distribution (mu = 0,
-sigma = 1)"; the decoder "resembles a typical ResUnet but without skip connections" and ends with a softmax.
+discrete label volume into a low-dimensional continuous latent on which a diffusion model runs, because adding Gaussian
+noise to a label with a handful of modes is unnatural. The encoder is "a lightweight 3D convolutional network" whose
+last layer is a normalisation "to ensure that the label embeddings follow a standardized distribution (mu = 0, sigma =
+1)"; the decoder "resembles a typical ResUnet but without skip connections" and ends with a softmax.
 
 Built from MONAI parts: the encoder/decoder are ``monai.networks.nets.autoencoderkl.Encoder`` / ``Decoder``
 (residual blocks, GroupNorm, stride-2 down / nearest-upsample + conv up, no skips). Not ``AutoencoderKL`` itself:

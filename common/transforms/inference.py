@@ -115,8 +115,8 @@ class SplitUncertaintyd(MapTransform):
 
     - ``C == num_classes + 1``: class probabilities ``(num_classes, ...)`` followed by the uncertainty
       (:func:`common.inferers.sampling.foreground_variance`, the contract's definition); it is moved to
-      ``uncertainty_key`` as ``(1, ...)``
-      as float32, unscaled (saved as a float32 TIFF / NIfTI), and ``key`` keeps the first ``num_classes`` channels;
+      ``uncertainty_key`` as ``(1, ...)`` as float32, unscaled (saved as a float32 TIFF / NIfTI), and ``key`` keeps the
+      first ``num_classes`` channels;
     - ``C == num_classes``: no uncertainty channel (e.g. the plain ``inferer`` MONAI Label calls): passes unchanged;
     - any other ``C``: :class:`~common.errors.BadInputError` naming the case and the key.
 

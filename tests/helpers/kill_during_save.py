@@ -1,8 +1,8 @@
 """Save checkpoint epoch 1 normally, then start saving epoch 2 and hang in the middle of it.
 
 Used by tests/common/training/test_training_resume.py: the test SIGKILLs this process while ``<dir>/saving`` exists,
-i.e. while the
-second ``torch.save`` is in progress, and checks that the first checkpoint is intact and the latest loadable one.
+i.e. while the second ``torch.save`` is in progress, and checks that the first checkpoint is intact and the latest
+loadable one.
 
 Usage: python kill_during_save.py <checkpoint_dir>
 """

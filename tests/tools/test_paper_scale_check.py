@@ -9,8 +9,7 @@ Opt-in (hours on 2 cores, ~8 GB of stand-in weights, up to ~20 GB of memory)::
 ``tools/paper_scale_check.py``: every bundle x paper dataset, training for 2 iterations at the paper's batch size (or
 the largest that fits) and inference on one full-size case, each record measured. The fast part of this check (every
 shipped network built with the official parameter counts) is ``tests/bundles/test_paper_scale_networks.py``, in the
-default
-suite.
+default suite.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ bundles/cdal/docs/sources.md §2 (generator) and §3.1 (discriminator); official
 ``layerspp.py``, ``discriminator.py`` (DDGAN). Written by hand because MONAI has no equivalent: MONAI's
 ``DiffusionModelUNet`` has no latent-z path (AdaGN) and no additive image branch, and its discriminators are not
 time-conditioned (bundles/cdal/docs/sources.md §9). The layer internals keep the official parameter names
-(``GroupNorm_0.style``,
-``Conv_0``, ``Dense_0``, ``NIN_0.W``, ...) so :mod:`scripts.convert` maps the authors' checkpoints by position.
+(``GroupNorm_0.style``, ``Conv_0``, ``Dense_0``, ``NIN_0.W``, ...) so :mod:`scripts.convert` maps the authors'
+checkpoints by position.
 
 FIR resampling is the pure-PyTorch :mod:`scripts.fir` (the official code needs a CUDA extension).
 """
@@ -160,9 +160,8 @@ class ResnetBlockBigGANAdaGN(nn.Module):
 
 class ResBlockEncoder(nn.Module):
     """Image-encoder block (bundles/cdal/docs/sources.md §2.3): ``GN -> SiLU -> conv3x3 -> GN -> SiLU -> dropout ->
-    conv3x3 (zero init)``,
-    identity skip (no rescale), no t and no z. GroupNorm uses 32 groups (fewer when ``channels < 32``, for tiny demos).
-    ``[B, C, H, W] -> [B, C, H, W]``."""
+    conv3x3 (zero init)``, identity skip (no rescale), no t and no z. GroupNorm uses 32 groups (fewer when ``channels <
+    32``, for tiny demos). ``[B, C, H, W] -> [B, C, H, W]``."""
 
     def __init__(self, channels: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -513,8 +512,8 @@ def discriminator_attention_map(
     discriminator: nn.Module, x_lo: torch.Tensor, t: torch.Tensor, x_hi: torch.Tensor, layer: int
 ) -> torch.Tensor:
     """Spatial attention map A_D (paper §2.2, bundles/cdal/docs/sources.md §3.2 exactly): channel mean of
-    ``get_features(...)[layer]``,
-    bilinearly upsampled (``align_corners=False``) to the label size; no abs, no normalisation.
+    ``get_features(...)[layer]``, bilinearly upsampled (``align_corners=False``) to the label size; no abs, no
+    normalisation.
 
     Returns ``[B, 1, H, W]`` (same ``H, W`` as ``x_lo``).
     """

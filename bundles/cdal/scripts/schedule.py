@@ -1,8 +1,8 @@
 """cDAL's few-step diffusion: MONAI ``DDPMScheduler`` on the registered ``cdal_vp`` schedule + the batched parts.
 
 bundles/cdal/docs/sources.md §2.6 / paper §2.1-2.3. Index convention (the official code's): the integer ``t in
-{0..T-1}`` denotes the
-pair (level ``t``, level ``t+1``) = paper (x_{t-1}, x_t); level 0 is the clean label up to a ``beta_0 = 1e-8``.
+{0..T-1}`` denotes the pair (level ``t``, level ``t+1``) = paper (x_{t-1}, x_t); level 0 is the clean label up to a
+``beta_0 = 1e-8``.
 
 What MONAI gives (used as is): ``DDPMScheduler(num_train_timesteps=T, schedule="cdal_vp", prediction_type="sample",
 variance_type="fixed_small", clip_sample=True).step(x0_hat, t, x)`` is exactly the posterior sample of eq 2

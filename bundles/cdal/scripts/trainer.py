@@ -77,8 +77,7 @@ class EMAUpdater:
 
     ``ema = decay * ema + (1 - decay) * param`` after each generator step; buffers are copied. DDGAN's EMA
     optimiser wrapper does the same (decay 0.999 for Hippocampus, bundles/cdal/docs/sources.md §4). The EMA network is
-    what
-    ``ResumableCheckpointer(final_model_key="ema")`` exports.
+    what ``ResumableCheckpointer(final_model_key="ema")`` exports.
     """
 
     def __init__(self, network: nn.Module, ema_network: nn.Module, decay: float = 0.999) -> None:

@@ -1,9 +1,8 @@
 """Bundle-specific transforms: torchvision-style colour jitter of RGB images in the 0-255 range.
 
 The official MoNuSeg pipeline (bundles/cdal/docs/sources.md §1.1) applies ``ColorJitter(brightness=0.4, contrast=0.4,
-saturation=0.4,
-hue=0.1)`` to the image only. MONAI has no colour jitter (and torchvision is not a dependency), so the four
-torchvision operations are re-implemented here on channel-first ``[3, H, W]`` float tensors in ``[0, max_value]``:
+saturation=0.4, hue=0.1)`` to the image only. MONAI has no colour jitter (and torchvision is not a dependency), so the
+four torchvision operations are re-implemented here on channel-first ``[3, H, W]`` float tensors in ``[0, max_value]``:
 
 - brightness ``b ~ U(1-0.4, 1+0.4)``: ``x * b``;
 - contrast ``c``: blend with the mean of the grayscale image, ``c x + (1-c) mean(gray)``;

@@ -15,15 +15,14 @@ and mapped to [-1, 1].
 :class:`Synthesizer` runs it over the training split: for every slice it writes ``num_per_slice`` images
 ``<output_dir>/<case>/<case>_syn<NNN>.nii`` (float32 in [-1, 1] on the bundle's pixel grid at ``image_size``;
 uncompressed NIfTI, read fast at every training step; the real slice's label is reused as their ground truth,
-pixel-aligned), plus the hint ``<case>/<case>_edge.nii``, and a
-manifest ``manifest.json`` recording each image's provenance (source case and files, prompt, augmentation text,
-seed, sampler settings) under a provenance header (sampler settings, seed, n, SD model, edge detector, size and
-sha256 of the ControlNet / HED weights). It is resumable: images that exist are skipped (a killed run restarts
-where it stopped, the manifest is rewritten atomically after every case) -- but only when the stored header equals
-the current one: a folder made with other settings (or with an unreadable manifest) stops the run with a
-:class:`~common.errors.BadInputError` listing the differences. Each image has its own seed
-(``sha256(seed, case, i)``; the authors reseed with 1 before every slice -- a quirk), so a resumed run writes the same
-images as an uninterrupted one.
+pixel-aligned), plus the hint ``<case>/<case>_edge.nii``, and a manifest ``manifest.json`` recording each image's
+provenance (source case and files, prompt, augmentation text, seed, sampler settings) under a provenance header (sampler
+settings, seed, n, SD model, edge detector, size and sha256 of the ControlNet / HED weights). It is resumable: images
+that exist are skipped (a killed run restarts where it stopped, the manifest is rewritten atomically after every case)
+-- but only when the stored header equals the current one: a folder made with other settings (or with an unreadable
+manifest) stops the run with a :class:`~common.errors.BadInputError` listing the differences. Each image has its own
+seed (``sha256(seed, case, i)``; the authors reseed with 1 before every slice -- a quirk), so a resumed run writes the
+same images as an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -4,10 +4,8 @@ The clean image ``x0`` in [-1, 1] is noised to ``x_t = sqrt(abar_t) x0 + sqrt(1 
 Gaussian noise tensor ``eps`` (seeded, drawn once, shared by every image and step), the UNet is run once per step
 ``t``, and the outputs of chosen decoder blocks (ADM's ``output_blocks[i]``, located with
 :func:`common.networks.guided_diffusion.adm_output_block`) are grabbed with forward hooks. Per block the activations of
-the
-steps are concatenated on channels, at the block's native resolution (bundles/textdiff/docs/sources.md §2.2; unlike
-ddpm-segmentation
-nothing is upsampled here).
+the steps are concatenated on channels, at the block's native resolution (bundles/textdiff/docs/sources.md §2.2; unlike
+ddpm-segmentation nothing is upsampled here).
 
 Written here because MONAI has no feature extractor for diffusion UNets; the noise uses MONAI's
 ``DDPMScheduler.add_noise`` (linear betas 1e-4..0.02 over 1000 steps = ADM's schedule, bundles/textdiff/docs/sources.md

@@ -9,8 +9,7 @@
    truncation, [PAD]-padded; bundles/textdiff/docs/sources.md §2.4);
 3. extracts the frozen UNet features (:class:`scripts.diffusion_features.DiffusionFeatureExtractor`; fixed noise,
    steps 50/150/250; bundles/textdiff/docs/sources.md §2.2), from a :class:`scripts.feature_cache.FeatureCache` when one
-   is given and the
-   cases have ids (features computed once per image; only valid without augmentation);
+   is given and the cases have ids (features computed once per image; only valid without augmentation);
 4. runs the head. ``output="logits"`` (training): the logits of noise draw 0. ``output="probabilities"``
    (inference): the softmax averaged over ``num_samples`` noise draws (K = 1 is the paper: one deterministic
    forward, argmax); with ``return_uncertainty`` a third channel holds the per-pixel variance over the K draws of

@@ -2,8 +2,7 @@
 cross-attention block, a conv pixel head. Default configuration = TextDiff's trainable part.
 
 Exactly the official TextDiff ``pixel_classifier`` (bundles/textdiff/docs/sources.md §2.3; paper §2.2 eq 3), generalised
-from batch 1
-to B; usable on any list of multi-scale feature maps (diffusion-UNet decoder features, CNN/ViT pyramids):
+from batch 1 to B; usable on any list of multi-scale feature maps (diffusion-UNet decoder features, CNN/ViT pyramids):
 
 - ``down1`` = Conv2d(C_0 -> 768, 1x1) for scale 0 and ``down2`` = Conv2d(C_1 -> 768, 1x1) shared by every later
   scale whose channels are not already 768 (QaTa: scales 1 and 2 share it);

@@ -21,8 +21,7 @@ Training forward (§3): z_l(0) = E_label(onehot(y)); t ~ U{0..T-1}; z_l(t) = add
 eps_hat = denoiser(concat(z_l(t), z_it), t); the decoder sees z_dn = z_l(t) - eps_hat (LDSeg's code,
 ``decoder_input="z_minus_eps"``, default) or the clamped x0 estimate (``"x0_estimate"``, flag).
 Sampling (§5) is :class:`common.inferers.ddim_sliding_window.DDIMSlidingWindowInferer`, through the methods
-``condition``,
-``latent_shape``, ``predict_noise`` and ``decode_probabilities``.
+``condition``, ``latent_shape``, ``predict_noise`` and ``decode_probabilities``.
 """
 
 from __future__ import annotations

@@ -209,11 +209,11 @@ class TextGuidedInferer:
     i.e. the contract's "sum over foreground classes of the per-class variances" (bundles/README.md, "Outputs").
 
     A typed ``prompt`` (the config's ``prompt``, MONAI Label's ``text`` option through ``displayable_configs``)
-    applies to every image: in dataset-prompt mode it replaces the dataset prompts (with ``use_case_text`` each
-    case's own text wins and the prompt is ignored);
-    in class-prompt mode it must be one of the class prompts (case and surrounding spaces ignored; anything else is
-    a :class:`BadInputError` listing them, since the binary network only learnt those) and only that structure is
-    segmented, in its own channel ``k + 1`` of the same (B, K + 1, ...) output, the other classes staying 0.
+    applies to every image: in dataset-prompt mode it replaces the dataset prompts (with ``use_case_text`` each case's
+    own text wins and the prompt is ignored); in class-prompt mode it must be one of the class prompts (case and
+    surrounding spaces ignored; anything else is a :class:`BadInputError` listing them, since the binary network only
+    learnt those) and only that structure is segmented, in its own channel ``k + 1`` of the same (B, K + 1, ...) output,
+    the other classes staying 0.
 
     Args:
         inferer: a :class:`common.inferers.ddim_sliding_window.DDIMSlidingWindowInferer`.

@@ -17,10 +17,9 @@ for RGB, channels checked to be equal is not required), masks as uint8 PNG with 
     DST/datalist_fold<k>.json      # every fold k of the K-fold split
 
 Subset (bundles/diffboost/docs/sources.md §1.1: the paper uses 147 BUSI images without saying which -- UNKNOWN): our
-documented default
-is ``classes=["malignant"]`` (210 images, every one with a lesion; the label is "breast cancer" as in the authors'
-preprocessing config); ``["benign", "malignant"]`` (647) is the other sensible choice. Normal images have empty masks
-and are skipped unless ``keep_empty`` (DiffBoost trains and evaluates on images with foreground only).
+documented default is ``classes=["malignant"]`` (210 images, every one with a lesion; the label is "breast cancer" as in
+the authors' preprocessing config); ``["benign", "malignant"]`` (647) is the other sensible choice. Normal images have
+empty masks and are skipped unless ``keep_empty`` (DiffBoost trains and evaluates on images with foreground only).
 
 Split: case-level K-fold in natural file order (``benign (2)`` before ``benign (10)``; classes in the order given),
 see :func:`common.data.converters._folds.cross_validation_split` (``val_fraction`` of the training cases held out

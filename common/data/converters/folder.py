@@ -16,9 +16,8 @@ trained bundle). With labels, ``split="auto"`` (default) splits the cases with
 model; ``split="test"`` puts all of them in ``test`` (evaluate a trained bundle on them).
 
 Errors (:class:`BadInputError` naming the file): no images, two files of one case name, mixed 2D/3D files, an image
-without its label (when
-labels exist) or a label without its image, image/label size (2D) or shape/affine (3D) mismatch, a case without
-text, unreadable files.
+without its label (when labels exist) or a label without its image, image/label size (2D) or shape/affine (3D) mismatch,
+a case without text, unreadable files.
 """
 
 from __future__ import annotations

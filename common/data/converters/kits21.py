@@ -10,9 +10,8 @@ Accepted layout (``SRC`` = the ``data`` folder of the repository, or the reposit
 
 Cases without the chosen segmentation file (the 100 withheld test cases of the challenge have only
 ``imaging.nii.gz``) become ``unlabelled``. Splits as ``bundles/textdiffseg/docs/sources.md`` §1.1: seeded test 20 %,
-validation 10 % of
-the rest. Text: the generated description of each label (organ, lesion, side from the affine, modality), e.g.
-"CT of the abdomen showing the kidney on both sides and a kidney tumor on the left."
+validation 10 % of the rest. Text: the generated description of each label (organ, lesion, side from the affine,
+modality), e.g. "CT of the abdomen showing the kidney on both sides and a kidney tumor on the left."
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ Accepted layout (``SRC`` holds the batch folders, or the files directly)::
 
 ``.nii`` or ``.nii.gz``. Every ``volume-N`` needs its ``segmentation-N`` (a missing one is an error naming it).
 Splits as ``bundles/textdiffseg/docs/sources.md`` §1.1: seeded test 20 %, validation 10 % of the rest (LiTS' own 70 test
-labels are
-not public). Text: the generated description of each label, e.g. "CT of the abdomen showing the liver and a
+labels are not public). Text: the generated description of each label, e.g. "CT of the abdomen showing the liver and a
 liver tumor on the right."
 """
 

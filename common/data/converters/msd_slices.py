@@ -24,8 +24,7 @@ Task presets (pass as options; our reading of the authors' data, bundles/diffboo
 - Task09_Spleen: defaults (CT, labels 0/1). Text "Spleen, CT".
 - Task05_Prostate: ``channels=[0]`` (T2 of the 4D T2+ADC images), ``binary=True`` (PZ and TZ merged into 1),
   ``label_names={"1": "prostate"}``. Text "Prostate, MRI". (INFERRED, not in the authors' code: the authors' code
-  expects one
-  channel and 2 classes.)
+  expects one channel and 2 classes.)
 
 Text per slice: ``text`` option, default "<Organ>, <Modality>" from the task name and the (selected) channel names
 (CT -> "CT", MR/T1/T2/ADC/FLAIR -> "MRI"), the authors' prompt template (bundles/diffboost/docs/sources.md §3).

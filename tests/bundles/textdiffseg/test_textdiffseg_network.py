@@ -2,9 +2,8 @@
 
 The 96^3 check runs the full default network of ``configs/inference.json`` (4.7 M parameters, channels as in
 ``bundles/textdiffseg/docs/sources.md`` §2) once without gradients, part by part: image window -> z_it (1 x 12^3), label
--> standardised
-latent, denoiser, decoder -> class probabilities at 96^3. The text context is a random (1, 9, 768) token tensor
-(Clinical BioBERT's width; the encoder itself is not available offline).
+-> standardised latent, denoiser, decoder -> class probabilities at 96^3. The text context is a random (1, 9, 768) token
+tensor (Clinical BioBERT's width; the encoder itself is not available offline).
 """
 
 from __future__ import annotations
