@@ -34,7 +34,6 @@ for p in (str(REPO), str(REPO / "tools")):
         sys.path.insert(0, p)
 
 import paper_scale_check as psc  # noqa: E402  (tools/paper_scale_check.py)
-
 from common.io.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from common.utils.profiling import memory_total_gb  # noqa: E402
 

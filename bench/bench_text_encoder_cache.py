@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-
 from common.text.encoder import FrozenTextEncoder, demo_text_encoder_path  # noqa: E402
 
 SIDES = ["left", "right", "both"]

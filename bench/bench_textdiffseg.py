@@ -41,11 +41,10 @@ for p in (str(REPO), str(BUNDLE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from common.inferers.ddim_sliding_window import DDIMSlidingWindowInferer  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 from monai.networks.nets import DiffusionModelUNet  # noqa: E402
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler  # noqa: E402
-
-from common.inferers.ddim_sliding_window import DDIMSlidingWindowInferer  # noqa: E402
 
 
 def build_network(device: torch.device):

@@ -24,7 +24,7 @@ class BadInputError(ValueError):
         # -> "data/img_01.nii.gz: expected a 3D volume, got shape (256, 256)"
     """
 
-    def __init__(self, source: str | PathLike | None, problem: str) -> None:
+    def __init__(self, source: str | PathLike | None, problem: str) -> None:  # noqa: B042 -- see __reduce__
         self.source = None if source is None else str(source)
         self.problem = problem
         super().__init__(problem if self.source is None else f"{self.source}: {problem}")

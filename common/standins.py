@@ -111,12 +111,13 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: Name of the marker file in every stand-in folder (a few lines of text, see :func:`write_standin_marker`).
 STANDIN_MARKER = "STANDIN"
-"""Name of the marker file in every stand-in folder (a few lines of text, see :func:`write_standin_marker`)."""
 
+#: The parts :func:`make_standins` writes, in this order.
 PARTS: tuple[str, ...] = ("adm", "bert", "sd", "hed", "cdal")
-"""The parts :func:`make_standins` writes, in this order."""
 
+#: Sub-folder of ``OUT`` per part.
 PART_FOLDERS: dict[str, str] = {
     "adm": "guided_diffusion",
     "bert": "Bio_ClinicalBERT",
@@ -124,8 +125,8 @@ PART_FOLDERS: dict[str, str] = {
     "hed": "hed",
     "cdal": "cdal",
 }
-"""Sub-folder of ``OUT`` per part."""
 
+#: Public address of the real artefact each part stands in for.
 STANDIN_URLS: dict[str, str] = {
     "adm": "https://github.com/openai/guided-diffusion (README: 256x256 diffusion, unconditional; "
     "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt)",
@@ -134,7 +135,6 @@ STANDIN_URLS: dict[str, str] = {
     "hed": "https://huggingface.co/lllyasviel/Annotators (network-bsds500.pth)",
     "cdal": "https://huggingface.co/Hejrati/cDAL (netG_*.pth generator checkpoints)",
 }
-"""Public address of the real artefact each part stands in for."""
 
 ADM_FILENAME = "256x256_diffusion_uncond.pt"
 HED_FILENAME = "network-bsds500.pth"
@@ -334,7 +334,6 @@ def monai_to_adm_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
         KeyError: a MONAI key has no ADM name (an architecture outside ``adm_unet``).
     """
     import torch
-
     from common.networks.guided_diffusion import adm_key_pairs
 
     ours = unet.state_dict()
@@ -383,7 +382,6 @@ def write_adm_standin(
     weights then equal the written ones. The marker is written last. Returns the file path.
     """
     import torch
-
     from common.networks.guided_diffusion import adm_unet, load_adm_weights
 
     folder = Path(folder)
@@ -426,8 +424,7 @@ def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------- words
-STANDIN_WORDS: tuple[str, ...] = tuple(
-    """
+_STANDIN_WORDS_TEXT = """
     the of and to a in is it that was for on are as with be by at this have from or an they which one you were all
     we her she there would their will each about how up out them then many some so these would other into has more
     two like him see time could no make than first been its who now people my made over did down only way find use
@@ -481,10 +478,10 @@ STANDIN_WORDS: tuple[str, ...] = tuple(
     techniques technique vignetting lens distortion perspective reflection shadow blending enhance enhancement
     weighted flair mri ct pet spect dwi adc contrast modality modalities abdomen head neck brain body whole
     distributed evenly the nuclei are is high low density higher around upper lower left right
-    """.split()
-)
-"""English and clinical words made whole tokens by the stand-in tokenizers (the prompts of the bundles and datasets:
-LViT MoNuSeg/QaTa sentences, TextDiffSeg's CT prompts, DiffBoost's prompt/augmentation/negative texts)."""
+    """
+#: English and clinical words made whole tokens by the stand-in tokenizers (the prompts of the bundles and datasets:
+#: LViT MoNuSeg/QaTa sentences, TextDiffSeg's CT prompts, DiffBoost's prompt/augmentation/negative texts).
+STANDIN_WORDS: tuple[str, ...] = tuple(_STANDIN_WORDS_TEXT.split())
 
 _ACRONYMS: tuple[str, ...] = (
     "CT",
@@ -1141,7 +1138,7 @@ def write_cdal_standin(
             ] + (["--override", *map(str, overrides)] if overrides else [])
             r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
             _check(r.returncode == 0 and dst.is_file(), f"{' '.join(cmd)} failed: {r.stderr[-2000:]}")
-            converted = torch.load(dst, map_location="cpu", weights_only=True)["model"]
+            converted = torch.load(dst, map_location="cpu", weights_only=True)  # flat state dict
             _check(_numel(converted.values()) == n_params, "converted checkpoint parameter count differs")
     write_standin_marker(
         folder,
@@ -1159,13 +1156,13 @@ def write_cdal_standin(
 
 
 # --------------------------------------------------------------------------------------------------------- driver
+#: The bundles' top-level config key that names each pretrained part (cDAL's checkpoint is converted, not named).
 STANDIN_CONFIG_KEYS: dict[str, str] = {
     "adm": "adm_checkpoint",  # TextDiff
     "bert": "text_encoder_path",  # TextDiff, TextDiffSeg
     "sd": "sd_model",  # DiffBoost
     "hed": "hed_weights",  # DiffBoost
 }
-"""The bundles' top-level config key that names each pretrained part (cDAL's checkpoint is converted, not named)."""
 
 
 def standin_path(out: str | PathLike, part: str) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+#: Vocabulary of the tiny test tokenizer (lower-case words; anything else becomes [UNK]).
 TINY_BERT_WORDS = (
     "[PAD] [UNK] [CLS] [SEP] [MASK] . , the a of in and with no is are was were "
     "nuclei evenly distributed dense sparse irregularly large small cells cell tissue "
@@ -14,7 +15,6 @@ TINY_BERT_WORDS = (
     "area areas one two three all zone zones "
     "computerized tomography liver kidney pancreas colon tumor cyst cancer"
 ).split()
-"""Vocabulary of the tiny test tokenizer (lower-case words; anything else becomes [UNK])."""
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +72,12 @@ OPT_IN = {
         "RUN_PAPER_SCALE",
         "runs every shipped paper-scale config at the papers' sizes on CPU (hours; ~8 GB of stand-ins)",
     ),
+    "zoo_ci": (
+        "--run-zoo-ci",
+        "RUN_ZOO_CI",
+        "runs the model zoo's own CI scripts on the four packages (needs ZOO_REPO, ZOO_HOOKS and the zoo runner's "
+        "Python 3.10 venv from tools/setup_zoo_ci_env.sh; ~15 min)",
+    ),
 }
 
 
@@ -89,6 +95,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="also run the tests marked `paper_scale`: tools/paper_scale_check.py on every bundle x dataset with "
         "full-size stand-in weights (PAPER_SCALE_STANDINS, default /tmp/diffseg_standins; hours on 2 cores)",
+    )
+    parser.addoption(
+        "--run-zoo-ci",
+        action="store_true",
+        default=False,
+        help="also run the tests marked `zoo_ci`: tools/zoo_ci_check.py, the model zoo's own CI on the packages "
+        "(ZOO_REPO = a model-zoo checkout or git dir, ZOO_HOOKS = a pre-commit-hooks one, ZOO_PYTHON = the runner)",
     )
 
 

@@ -55,6 +55,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from common.data.converters.base import file_suffix  # noqa: E402
+
 from tools.demo import prepare_demo_data, run_step  # noqa: E402
 from tools.package_bundle import file_sha256, package_bundle  # noqa: E402
 

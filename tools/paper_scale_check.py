@@ -331,9 +331,8 @@ class _EngineProbe:
     training runs count the 2nd, after a warm-up, and time the 3rd; inference counts and times its one case)."""
 
     def __init__(self, engine: Any, count_iteration: int = 1) -> None:
-        from ignite.engine import Events
-
         from common.utils.profiling import FlopCount
+        from ignite.engine import Events
 
         self.flops = FlopCount()
         self.count_iteration = count_iteration
@@ -732,7 +731,7 @@ def _method_text(records: list[Record], started: str) -> str:
         else (f"{first.cpu_cores} CPU cores, {first.memory_gb:.0f} GB, memory budget {first.memory_budget_gb:.1f} GB")
     )
     return (
-        f"Measured by `tools/paper_scale_check.py` ({started}; {machine}; measured peak "
+        f"Measured by the source repository's `tools/paper_scale_check.py` ({started}; {machine}; measured peak "
         f"{'-' if peak is None else f'{peak / 1e9:.0f}'} GFLOP/s, fp32 matmul): the shipped configs with stand-in "
         "weights (`tools/make_standins.py`) on synthetic data of the papers' sizes (`common.data.paper_size`). "
         "Training: 3 iterations at the paper's batch size (or the largest within the memory budget, noted): the "

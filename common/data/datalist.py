@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from common.errors import BadInputError
 from common.io.atomic import atomic_path
 

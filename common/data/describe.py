@@ -315,13 +315,8 @@ def describe_labelled_volume(
                 f"a {name}" + ("" if side is None else " on both sides" if side == "both" else f" on the {side}")
             )
         else:
-            phrases.append(
-                f"the {name}"
-                if side is None
-                else f"the {name} on both sides"
-                if side == "both"
-                else f"the {side} {name}"
-            )
+            where = {None: f"the {name}", "both": f"the {name} on both sides"}
+            phrases.append(where.get(side, f"the {side} {name}"))
     return f"{modality} of the {region} showing {_join(phrases)}."
 
 

@@ -18,19 +18,18 @@ Foreground intensity/texture differs from the background, so a small network can
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import nibabel as nib
 import numpy as np
 import tifffile
-from PIL import Image, ImageDraw, ImageFilter
-
 from common.data.converters.monuseg import MONUSEG_TEST_FOLDER, MONUSEG_TRAIN_FOLDER
 from common.io.atomic import atomic_path
+from PIL import Image, ImageDraw, ImageFilter
 
 __all__ = [
     "DEFAULT_NUCLEI_PATTERNS",
@@ -59,12 +58,7 @@ DEFAULT_NUCLEI_PATTERNS: tuple[str, ...] = (
 )
 
 _QUADRANTS = {"upper left": (0, 0), "upper right": (0, 1), "lower left": (1, 0), "lower right": (1, 1)}
-_HALVES = {
-    "upper": ((0, 0), (0, 1)),
-    "lower": ((1, 0), (1, 1)),
-    "left": ((0, 0), (1, 0)),
-    "right": ((0, 1), (1, 1)),
-}
+_HALVES = {"upper": ((0, 0), (0, 1)), "lower": ((1, 0), (1, 1)), "left": ((0, 0), (1, 0)), "right": ((0, 1), (1, 1))}
 
 
 @dataclass(frozen=True)
@@ -228,23 +222,25 @@ def _render_he(polygons: list[np.ndarray], size: int, rng: np.random.Generator) 
     return np.asarray(img, dtype=np.uint8)
 
 
-def _aperio_xml(polygons: list[np.ndarray]) -> ET.ElementTree:
+def _aperio_xml(polygons: list[np.ndarray]) -> ElementTree.ElementTree:
     """Aperio ImageScope XML with one Region per polygon (the structure of the MoNuSeg annotations)."""
-    root = ET.Element("Annotations", MicronsPerPixel="0.252000")
-    ann = ET.SubElement(root, "Annotation", Id="1", Name="", ReadOnly="0", LineColor="65280", Visible="1", Type="4")
-    attrs = ET.SubElement(ann, "Attributes")
-    ET.SubElement(attrs, "Attribute", Name="Description", Id="0", Value="")
-    regions = ET.SubElement(ann, "Regions")
-    ET.SubElement(regions, "RegionAttributeHeaders")
+    root = ElementTree.Element("Annotations", MicronsPerPixel="0.252000")
+    ann = ElementTree.SubElement(
+        root, "Annotation", Id="1", Name="", ReadOnly="0", LineColor="65280", Visible="1", Type="4"
+    )
+    attrs = ElementTree.SubElement(ann, "Attributes")
+    ElementTree.SubElement(attrs, "Attribute", Name="Description", Id="0", Value="")
+    regions = ElementTree.SubElement(ann, "Regions")
+    ElementTree.SubElement(regions, "RegionAttributeHeaders")
     for k, pts in enumerate(polygons, start=1):
-        region = ET.SubElement(regions, "Region", Id=str(k), Type="0", Zoom="1", Selected="0", NegativeROA="0")
-        ET.SubElement(region, "Attributes")
-        verts = ET.SubElement(region, "Vertices")
+        region = ElementTree.SubElement(regions, "Region", Id=str(k), Type="0", Zoom="1", Selected="0", NegativeROA="0")
+        ElementTree.SubElement(region, "Attributes")
+        verts = ElementTree.SubElement(region, "Vertices")
         for x, y in pts:
-            ET.SubElement(verts, "Vertex", X=f"{x:.3f}", Y=f"{y:.3f}", Z="0")
-    ET.SubElement(ann, "Plots")
-    ET.indent(root)
-    return ET.ElementTree(root)
+            ElementTree.SubElement(verts, "Vertex", X=f"{x:.3f}", Y=f"{y:.3f}", Z="0")
+    ElementTree.SubElement(ann, "Plots")
+    ElementTree.indent(root)
+    return ElementTree.ElementTree(root)
 
 
 def make_monuseg_like(
@@ -338,13 +334,13 @@ def _synthetic_volume(
     tumour_side = cyst_side = None
     if n_classes >= 3 and rng.uniform() < 0.75:
         tumour_side = str(rng.choice(kidneys))
-        (kc, kr) = kidney_geom[tumour_side]
+        kc, kr = kidney_geom[tumour_side]
         centre = (kc[0], kc[1], kc[2] + 0.45 * kr[2])
         r = max(1.6, 0.45 * min(kr))
         label[_ellipsoid(grid, centre, (r, r, r)) & (label == 1)] = 2
     if n_classes >= 4 and rng.uniform() < 0.6:
         cyst_side = str(rng.choice(kidneys))
-        (kc, kr) = kidney_geom[cyst_side]
+        kc, kr = kidney_geom[cyst_side]
         centre = (kc[0], kc[1], kc[2] - 0.45 * kr[2])
         r = max(1.6, 0.4 * min(kr))
         label[_ellipsoid(grid, centre, (r, r, r)) & (label == 1)] = 3

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
-
 from common.io.atomic import atomic_path
+from PIL import Image, ImageDraw
 
 __all__ = ["SyntheticBUSICase", "make_busi_like"]
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from common.data.synthetic import _ellipsoid, _synthetic_volume
 from common.io.atomic import atomic_path
 
@@ -65,11 +64,7 @@ def _lits_volume(rng: np.random.Generator, case_shape: tuple[int, ...], x_sign: 
     label[liver] = 1
     if rng.uniform() < 0.8:
         r = max(1.6, 0.06 * float(n.min()))
-        tum_c = (
-            liver_c[0],
-            liver_c[1] + rng.uniform(-0.08, 0.08) * n[1],
-            liver_c[2] + rng.uniform(-0.1, 0.1) * n[2],
-        )
+        tum_c = (liver_c[0], liver_c[1] + rng.uniform(-0.08, 0.08) * n[1], liver_c[2] + rng.uniform(-0.1, 0.1) * n[2])
         label[_ellipsoid(grid, tum_c, (r, r, r)) & liver] = 2
     vol = np.where(body, 40.0, -1000.0).astype(np.float32)
     vol[label == 1], vol[label == 2] = 110.0, 60.0

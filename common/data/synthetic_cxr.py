@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
-
 from common.io.atomic import atomic_path
+from PIL import Image, ImageDraw, ImageFilter
 
 __all__ = ["MONTGOMERY_SIZE", "SHENZHEN_SIZE", "SyntheticCXRLungCase", "make_cxr_lungs_like"]
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
-
 from common.data.xlsx import write_xlsx_table
 from common.io.atomic import atomic_path
+from PIL import Image, ImageFilter
 
 __all__ = ["SyntheticCXRCase", "make_qata_like"]
 

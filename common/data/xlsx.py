@@ -12,11 +12,11 @@ data).
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
+from xml.etree import ElementTree
 
 from common.errors import BadInputError
 from common.io.atomic import atomic_path
@@ -39,15 +39,15 @@ def _column_index(ref: str) -> int:
     return n - 1
 
 
-def _text_of(node: ET.Element | None) -> str:
+def _text_of(node: ElementTree.Element | None) -> str:
     return "" if node is None else "".join(t.text or "" for t in node.iter(f"{{{_NS['m']}}}t"))
 
 
 def _first_sheet_path(z: zipfile.ZipFile) -> str:
     """Path of the first worksheet named in workbook.xml (falls back to xl/worksheets/sheet1.xml)."""
     try:
-        wb = ET.fromstring(z.read("xl/workbook.xml"))
-        rels = ET.fromstring(z.read("xl/_rels/workbook.xml.rels"))
+        wb = ElementTree.fromstring(z.read("xl/workbook.xml"))
+        rels = ElementTree.fromstring(z.read("xl/_rels/workbook.xml.rels"))
         sheet = wb.find("m:sheets/m:sheet", _NS)
         rid = sheet.get(f"{{{_NS['r']}}}id")
         for rel in rels.findall("rel:Relationship", _NS):
@@ -72,14 +72,14 @@ def read_xlsx_rows(path: str | PathLike) -> list[list[str]]:
         with zipfile.ZipFile(path) as z:
             shared: list[str] = []
             if "xl/sharedStrings.xml" in z.namelist():
-                sst = ET.fromstring(z.read("xl/sharedStrings.xml"))
+                sst = ElementTree.fromstring(z.read("xl/sharedStrings.xml"))
                 shared = [_text_of(si) for si in sst.findall("m:si", _NS)]
-            sheet = ET.fromstring(z.read(_first_sheet_path(z)))
+            sheet = ElementTree.fromstring(z.read(_first_sheet_path(z)))
     except zipfile.BadZipFile:
         raise BadInputError(path, "not an .xlsx file (not a zip archive); save it as .xlsx, .csv or .json") from None
     except KeyError as e:
         raise BadInputError(path, f"no worksheet found in the .xlsx file ({e})") from None
-    except ET.ParseError as e:
+    except ElementTree.ParseError as e:
         raise BadInputError(path, f"corrupt .xlsx file (bad XML: {e})") from None
     rows: list[list[str]] = []
     for row in sheet.iter(f"{{{_NS['m']}}}row"):

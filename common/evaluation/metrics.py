@@ -46,10 +46,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from common.errors import BadInputError
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 from monai.utils import optional_import
-
-from common.errors import BadInputError
 
 __all__ = [
     "ClassMetrics",

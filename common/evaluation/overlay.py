@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
-from PIL.PngImagePlugin import PngInfo
-
 from common.errors import BadInputError
 from common.io.atomic import atomic_write_bytes
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 __all__ = [
     "CONTOUR_PALETTE",

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from common.errors import BadInputError
 from common.evaluation.metrics import (
     EMPTY_BOTH,

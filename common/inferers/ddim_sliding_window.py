@@ -39,12 +39,11 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from monai.inferers import sliding_window_inference
-from monai.networks.schedulers import DDIMScheduler
-
 from common.errors import BadInputError
 from common.inferers.sampling import SamplingInferer, foreground_variance
 from common.networks.utils import unwrap_network
+from monai.inferers import sliding_window_inference
+from monai.networks.schedulers import DDIMScheduler
 
 __all__ = ["DDIMSlidingWindowInferer", "LatentSegmentationDiffusion"]
 
@@ -53,13 +52,17 @@ __all__ = ["DDIMSlidingWindowInferer", "LatentSegmentationDiffusion"]
 class LatentSegmentationDiffusion(Protocol):
     """What :class:`DDIMSlidingWindowInferer` needs from a latent diffusion segmentation network."""
 
-    def condition(self, window: torch.Tensor, **kwargs: Any) -> Any: ...
+    def condition(self, window: torch.Tensor, **kwargs: Any) -> Any:
+        """The image (and text) condition of one (B, C, *window) image window, computed once per window."""
 
-    def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]: ...
+    def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+        """(C_z, *latent spatial) of the latent that a window of ``spatial_shape`` maps to."""
 
-    def predict_noise(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: Any) -> torch.Tensor: ...
+    def predict_noise(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: Any) -> torch.Tensor:
+        """The noise predicted in the latent ``z_t`` (B, C_z, *latent) at ``timesteps`` (B,)."""
 
-    def decode_probabilities(self, z_0: torch.Tensor) -> torch.Tensor: ...
+    def decode_probabilities(self, z_0: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, N, *window) of the denoised latent ``z_0``."""
 
 
 def _repeat_condition(condition: Any, times: int) -> Any:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from common.errors import MAX_LISTED, BadInputError, format_list, short_message
 from common.io.images import check_file_exists
 from common.networks.utils import unwrap_network
@@ -192,9 +191,7 @@ def _checkpoint_read_problem(path: Path, err: BaseException) -> str:
 
 
 def load_checkpoint(
-    path: str | PathLike,
-    required_keys: Sequence[str] = ("model",),
-    map_location: str | torch.device | None = "cpu",
+    path: str | PathLike, required_keys: Sequence[str] = ("model",), map_location: str | torch.device | None = "cpu"
 ) -> dict:
     """Load a checkpoint with ``torch.load(..., weights_only=True)`` and check its top-level keys.
 

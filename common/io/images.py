@@ -12,7 +12,6 @@ from os import PathLike
 from pathlib import Path
 
 import numpy as np
-
 from common.errors import BadInputError, short_message
 
 __all__ = ["check_file_exists", "check_image_file", "read_image"]
@@ -102,7 +101,7 @@ def read_image(path: str | PathLike, what: str = "image") -> tuple[np.ndarray, t
                 if not z.files:
                     raise ValueError("the .npz archive holds no array")
                 return np.asarray(z[z.files[0]]), None
-        import SimpleITK as sitk
+        import SimpleITK as sitk  # noqa: N813 -- SimpleITK's own documented alias
 
         img = sitk.ReadImage(str(p))
         return sitk.GetArrayFromImage(img), tuple(float(s) for s in img.GetSpacing())[::-1]

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from os import PathLike
 
+from common.io.atomic import atomic_path
 from monai.data import image_writer
 from monai.transforms import SaveImage, SaveImaged
-
-from common.io.atomic import atomic_path
 
 __all__ = [
     "atomic_writer_class",

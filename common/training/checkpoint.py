@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from common.errors import BadInputError
 from common.io.atomic import atomic_torch_save, is_temp_path
 from common.io.checkpoints import describe_state_dict_mismatch, load_checkpoint

@@ -30,12 +30,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from common.training.distributed import process_rank
 from ignite.engine import Engine
 from ignite.handlers import ProgressBar
 from ignite.metrics import Average
 from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
-
-from common.training.distributed import process_rank
 
 __all__ = [
     "AttachHandler",

@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
-
 from common.errors import BadInputError
 from common.io.atomic import atomic_torch_save
 from common.training.checkpoint import (
@@ -52,6 +50,7 @@ from common.training.checkpoint import (
 )
 from common.training.distributed import is_distributed, process_rank
 from common.training.rng import RNGState
+from ignite.engine import Engine, Events
 
 __all__ = ["ResumableCheckpointer", "RESERVED_KEYS", "training_data_fingerprint"]
 
@@ -87,8 +86,9 @@ class ResumableCheckpointer:
             pruned/overwritten as training proceeds).
         capture_rng: save/restore random generator states (needed for exact resume).
         file_prefix: checkpoint file name prefix (``checkpoint_epoch=3.pt``).
-        final_model_path: if given, at completion also write ``{"model": <state dict of final_model_key>}`` here
-            atomically (e.g. ``models/model.pt`` for MONAI Label / ``ckpt_export``).
+        final_model_path: if given, at completion also write the flat state dict of ``final_model_key`` here
+            atomically (``models/model.pt``: the model zoo's form, loaded by MONAI's ``CheckpointLoader``,
+            ``ckpt_export`` and MONAI Label).
         final_model_key: which ``save_dict`` entry ``final_model_path`` exports (e.g. ``"ema"`` to ship EMA weights).
         restart_on_new_data: a checkpoint records a fingerprint of the training data (the engine's
             ``data_loader.dataset.data``: case ids, file paths, texts). When the data differ at start (e.g. MONAI Label
@@ -225,7 +225,7 @@ class ResumableCheckpointer:
             self.save(engine)
         if self.final_model_path is not None and process_rank() == self.save_on_rank:
             target = unwrap_stateful(self.save_dict[self.final_model_key])
-            atomic_torch_save({"model": target.state_dict()}, self.final_model_path)
+            atomic_torch_save(target.state_dict(), self.final_model_path)
             self.logger.info(f"Saved the final {self.final_model_key!r} weights to {self.final_model_path}")
 
     # ------------------------------------------------------------------------------------------------ save

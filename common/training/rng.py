@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Randomizable, Transform
-
 from common.training.checkpoint import to_weights_only_safe
+from monai.transforms import Randomizable, Transform
 
 __all__ = ["RNGState", "find_random_states", "get_global_rng_state", "set_global_rng_state"]
 

@@ -28,14 +28,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from common.errors import BadInputError, format_list, short_message
+from common.io.images import check_file_exists, check_image_file
+from common.text.prompts import check_text
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform
 from monai.utils import ensure_tuple
-
-from common.errors import BadInputError, format_list, short_message
-from common.io.images import check_file_exists, check_image_file
-from common.text.prompts import check_text
 
 __all__ = [
     "check_image_array",
@@ -276,7 +275,7 @@ def check_label(
                 examples = torch.unique(frac[:4096]).tolist()[:_MAX_LISTED]
                 break
         if examples:
-            allowed = f" {sorted(set(int(v) for v in label_values))}" if label_values is not None else ""
+            allowed = f" {sorted({int(v) for v in label_values})}" if label_values is not None else ""
             raise BadInputError(
                 source,
                 f"{name} has dtype {str(t.dtype).replace('torch.', '')} with values that are not whole numbers "

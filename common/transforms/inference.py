@@ -14,13 +14,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor
-from monai.transforms import MapTransform
-from monai.transforms import Spacingd as _MonaiSpacingd
-
 from common.errors import BadInputError
 from common.inferers.sampling import split_uncertainty
 from common.text.prompts import resolve_texts
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+from monai.transforms import Spacingd as _MonaiSpacingd
 
 __all__ = ["FillCaseIdd", "FillTextd", "PathSafeSpacingd", "ResizeToOriginald", "SplitUncertaintyd"]
 

@@ -25,10 +25,10 @@ __all__ = [
     "tool_command",
 ]
 
+#: The checkout's root (``common/`` and ``bundles/`` below it).
 REPO_ROOT = Path(__file__).resolve().parents[2]
-"""The checkout's root (``common/`` and ``bundles/`` below it)."""
+#: ``<repo>/bundles``.
 BUNDLES_DIR = REPO_ROOT / "bundles"
-"""``<repo>/bundles``."""
 
 
 def _is_scripts_module(name: str) -> bool:

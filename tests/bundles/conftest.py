@@ -6,7 +6,6 @@ import contextlib
 from pathlib import Path
 
 import pytest
-
 from common.utils.bundles import BUNDLES_DIR, bundle_scripts
 
 

@@ -5,9 +5,8 @@ writer (float32, unscaled; TIFF beside 2D PNG outputs, NIfTI for 3D)."""
 from __future__ import annotations
 
 import pytest
-from monai.bundle import ConfigParser
-
 from common.utils.bundles import REPO_ROOT
+from monai.bundle import ConfigParser
 
 BUNDLES = REPO_ROOT / "bundles"
 

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from common.utils.bundles import BUNDLES_DIR, bundle_run_command, bundle_run_env, bundle_run_paths, bundle_scripts
 
 pytestmark = pytest.mark.slow
@@ -182,9 +181,8 @@ def all_files(folder: Path) -> set[str]:
 def load_final_model(case: BundleCase, path: Path, ckpt_dir: Path | None = None) -> int:
     """Build the stage's ``network_def`` (its train config + demo.json, ``ckpt_dir`` of the run) and load ``path``
     strictly; return #params."""
-    from monai.bundle import ConfigParser
-
     from common.io.checkpoints import load_network_weights
+    from monai.bundle import ConfigParser
 
     bundle = BUNDLES_DIR / case.name
     scope = bundle_scripts(case.name) if (bundle / "scripts").is_dir() else contextlib.nullcontext(bundle)

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from common.utils.bundles import REPO_ROOT, bundle_scripts
 
 REPO = REPO_ROOT
@@ -86,8 +85,7 @@ def test_cdal_networks_paper_size(overlay: list[str], generator: int, discrimina
 # TextDiffSeg (model card, architecture): image encoder 627,089; image-latent norm 2; cross-modal fusion 98,433;
 # denoiser 2,610,641; label autoencoder 1,395,475 + 865 per extra class (its first and last convolutions)
 @pytest.mark.parametrize(
-    "overlay, n_classes",
-    [("kits21.json", 4), ("lits.json", 3), ("pancreas.json", 2), ("colon.json", 2)],
+    "overlay, n_classes", [("kits21.json", 4), ("lits.json", 3), ("pancreas.json", 2), ("colon.json", 2)]
 )
 def test_textdiffseg_network_paper_size(overlay: str, n_classes: int) -> None:
     for config in CONFIGS:
@@ -146,7 +144,6 @@ def test_textdiffseg_pancreas_merges_tumour_into_pancreas_for_training_and_evalu
 
 def test_evaluation_label_mapping_merges_before_the_metrics(tmp_path: Path) -> None:
     import nibabel as nib
-
     from common.evaluation import evaluate_cases
 
     label = np.zeros((8, 8, 4), np.uint8)
@@ -195,9 +192,8 @@ def test_diffboost_controlnet_paper_size() -> None:
     zero convolutions and the (16, 32, 96, 256) hint embedding; SD v1.5 UNet 859,520,964 (model card)."""
     from types import SimpleNamespace
 
-    from diffusers import UNet2DConditionModel
-
     from common.standins import sd_unet_config
+    from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**sd_unet_config())

@@ -13,7 +13,6 @@ import subprocess
 
 import pytest
 import torch
-
 from common import standins as S
 from common.networks.guided_diffusion import adm_unet, convert_adm_state_dict, is_adm_state_dict, load_adm_weights
 from common.utils.bundles import REPO_ROOT, bundle_scripts, tool_command
@@ -399,11 +398,7 @@ def test_make_standins_skips_complete_parts_and_rewrites_incomplete_or_forced_on
 
 
 def test_cli_rejects_unknown_parts_and_writes_the_chosen_ones(tmp_path, capsys):
-    r = subprocess.run(
-        tool_command("make_standins.py", tmp_path, "--parts", "bogus"),
-        capture_output=True,
-        text=True,
-    )
+    r = subprocess.run(tool_command("make_standins.py", tmp_path, "--parts", "bogus"), capture_output=True, text=True)
     assert r.returncode == 2 and "unknown part" in r.stderr
     from tools import make_standins as cli
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common.training.checkpoint import checkpoint_filename, save_training_checkpoint
 
 

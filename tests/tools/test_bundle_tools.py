@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from common.utils.bundles import REPO_ROOT, tool_command
 
 REPO = REPO_ROOT

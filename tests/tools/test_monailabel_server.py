@@ -20,7 +20,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from common.utils.bundles import REPO_ROOT, tool_command
 
 REPO = REPO_ROOT

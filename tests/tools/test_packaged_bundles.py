@@ -30,7 +30,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from common.utils.bundles import BUNDLES_DIR
 
 REPO = BUNDLES_DIR.parent
@@ -54,14 +53,14 @@ BUNDLES = {
     "diffboost": ("busi", [64, 64], ".png", False),
 }
 
+#: Child-interpreter prelude: drop this repository (and the editable-install finder) from the import system; the
+#: bundle folder (cwd) goes first, as ``monai.bundle run`` puts ``bundle_root`` on ``sys.path``.
 PRELUDE = (
     "import sys\n"
     "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
     f"sys.path[:] = [p for p in sys.path if p.rstrip('/') not in ({str(REPO)!r}, '')]\n"
     "sys.path.insert(0, '.')\n"
 )
-"""Child-interpreter prelude: drop this repository (and the editable-install finder) from the import system; the
-bundle folder (cwd) goes first, as ``monai.bundle run`` puts ``bundle_root`` on ``sys.path``."""
 
 
 def _env() -> dict[str, str]:

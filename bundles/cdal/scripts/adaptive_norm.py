@@ -15,9 +15,8 @@ Parameter names follow score_sde (``style`` linear of :class:`AdaptiveGroupNorm`
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from scripts.fir import variance_scaling_uniform_
+from torch import nn
 
 __all__ = ["PixelNorm", "AdaptiveGroupNorm", "latent_mapping_network", "default_dense"]
 

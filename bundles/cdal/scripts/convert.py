@@ -29,7 +29,6 @@ from os import PathLike
 from pathlib import Path
 
 import torch
-
 from common.errors import BadInputError
 from common.io.atomic import atomic_torch_save
 from common.io.checkpoints import describe_state_dict_mismatch, load_state_dict_file, register_checkpoint_converter
@@ -123,7 +122,7 @@ def convert_cdal(args: argparse.Namespace) -> Path:
     official = load_state_dict_file(args.src, key=args.key)
     new = convert_official_generator_state_dict(net, official, source=args.src)
     net.load_state_dict(new, strict=True)
-    atomic_torch_save({"model": net.state_dict()}, args.dst)
+    atomic_torch_save(net.state_dict(), args.dst)  # flat, as the model zoo ships models/model.pt
     print(f"converted {len(official)} tensors of {args.src} into CDALGenerator -> {args.dst}")
     return Path(args.dst)
 

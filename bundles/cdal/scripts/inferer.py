@@ -38,15 +38,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor
-from monai.inferers import SlidingWindowInferer, sliding_window_inference
-from monai.utils import convert_to_dst_type
-from torch import nn
-
 from common.errors import BadInputError
 from common.inferers.sampling import SamplingInferer, foreground_variance
 from common.networks.utils import unwrap_network
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer, sliding_window_inference
+from monai.utils import convert_to_dst_type
 from scripts.schedule import CDALSchedule
+from torch import nn
 
 __all__ = ["sample_label_maps", "CDALInferer"]
 

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common.networks.utils import unwrap_network
 from scripts.adaptive_norm import AdaptiveGroupNorm, default_dense, latent_mapping_network
 from scripts.fir import FIRConvDownsample2d, fir_downsample_2d, fir_upsample_2d, variance_scaling_uniform_
+from torch import nn
 
 __all__ = [
     "sinusoidal_embedding",

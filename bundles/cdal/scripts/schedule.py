@@ -13,10 +13,9 @@ forward sampler with the official ``beta_0`` level and ``q_sample_pairs`` (MONAI
 
 from __future__ import annotations
 
+import scripts.noise_schedules  # noqa: F401  (registers "cdal_vp")
 import torch
 from monai.networks.schedulers import DDPMScheduler
-
-import scripts.noise_schedules  # noqa: F401  (registers "cdal_vp")
 
 __all__ = ["CDALSchedule", "extract"]
 

@@ -27,14 +27,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.engines import Trainer
-from torch import nn
-
 from common.errors import BadInputError
 from common.networks.utils import unwrap_network
 from common.transforms.checks import check_loader_has_batches
+from monai.engines import Trainer
 from scripts.networks import discriminator_attention_map
 from scripts.schedule import CDALSchedule
+from torch import nn
 
 __all__ = ["labels_to_signed", "slices_2d", "EMAUpdater", "CDALTrainer", "discriminator_loss", "generator_loss"]
 
@@ -180,7 +179,7 @@ class CDALTrainer(Trainer):
     def _iteration(self, engine: Any, batchdata: Mapping[str, Any]) -> dict[str, float]:
         image, x0 = self.prepare(batchdata)
         image, x0 = image.as_subclass(torch.Tensor), x0.as_subclass(torch.Tensor)
-        n, dev, T = x0.shape[0], x0.device, self.schedule.num_timesteps
+        n, dev, num_steps = x0.shape[0], x0.device, self.schedule.num_timesteps
         g, d = self.generator, self.discriminator
         g.train()
         d.train()
@@ -188,7 +187,7 @@ class CDALTrainer(Trainer):
         # ---- I-II: discriminator step
         d.requires_grad_(True)
         self.optimizer_d.zero_grad(set_to_none=True)
-        t = torch.randint(0, T, (n,), device=dev)
+        t = torch.randint(0, num_steps, (n,), device=dev)
         x_lo, x_hi = self.schedule.q_sample_pairs(x0, t)
         x_lo = x_lo.detach().requires_grad_(True)
         d_real = d(x_lo, t, x_hi).view(-1)
@@ -213,7 +212,7 @@ class CDALTrainer(Trainer):
 
         # ---- III: attention-guided generator step
         self.optimizer_g.zero_grad(set_to_none=True)
-        t = torch.randint(0, T, (n,), device=dev)
+        t = torch.randint(0, num_steps, (n,), device=dev)
         x_lo, x_hi = self.schedule.q_sample_pairs(x0, t)
         z = torch.randn(n, self.nz, device=dev)
         if self.attn_layer is not None:

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from common.errors import BadInputError
 from common.text.prompts import resolve_texts
 

@@ -36,11 +36,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
-
 from common.errors import BadInputError
 from common.standins import warn_if_standin
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 
 __all__ = [
     "HED_BGR_MEAN",

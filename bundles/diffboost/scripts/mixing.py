@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-
 from common.errors import BadInputError
 
 __all__ = ["MIX_MODES", "make_patch_mask", "mix", "PatchMixIteration"]

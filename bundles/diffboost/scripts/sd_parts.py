@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from common.errors import BadInputError
 from common.io.atomic import atomic_write_text
 from common.standins import warn_if_standin
@@ -116,7 +115,7 @@ def load_sd_parts(
         text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", **kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **kwargs)
         noise_scheduler = DDPMScheduler.from_pretrained(name, subfolder="scheduler", **kwargs)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:  # EnvironmentError is OSError
         raise _missing_parts_error(name, f"{type(err).__name__}: {' '.join(str(err).split())[:300]}") from err
     for m in (vae, unet, text_encoder):
         m.requires_grad_(False).eval().to(device)

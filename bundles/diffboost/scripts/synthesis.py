@@ -38,7 +38,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-
 from common.errors import BadInputError, find_bad_input_error
 from common.io.atomic import atomic_path, atomic_write_json
 from common.text.prompts import resolve_texts

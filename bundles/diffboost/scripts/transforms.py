@@ -20,10 +20,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
+from common.errors import BadInputError
 from monai.config import KeysCollection
 from monai.transforms import LoadImage, MapTransform, RandomizableTransform
-
-from common.errors import BadInputError
 
 __all__ = ["PercentileScaled", "LoadSyntheticd", "JointMinMaxd", "attach_synthetic", "MANIFEST_NAME"]
 

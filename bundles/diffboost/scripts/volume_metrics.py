@@ -22,7 +22,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-
 from common.data import load_datalist
 from common.errors import BadInputError
 from common.evaluation.metrics import compute_case_metrics, resolve_class_names

@@ -23,10 +23,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.schedulers import DDPMScheduler
-
 from common.errors import BadInputError
 from common.networks.guided_diffusion import adm_output_block, adm_output_block_shapes
+from monai.networks.schedulers import DDPMScheduler
 
 __all__ = ["DiffusionFeatureExtractor"]
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common.errors import BadInputError
 from common.io.atomic import atomic_path, atomic_write_json
 

@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from monai.data import MetaTensor
-
 from common.errors import BadInputError
 from common.inferers.sampling import SamplingInferer, foreground_variance
 from common.text.prompts import resolve_texts
+from monai.data import MetaTensor
 
 __all__ = ["TextGuidedFeatureInferer"]
 

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from common.errors import BadInputError
 from common.networks.cross_attention import TextConditionedTransformerBlock
 
@@ -127,10 +126,7 @@ class TextGuidedPixelClassifier(nn.Module):
         return (self.down1 if k == 0 else self.down2)(x)
 
     def forward(
-        self,
-        features: Sequence[torch.Tensor],
-        context: torch.Tensor | None,
-        output_size: Sequence[int] | None = None,
+        self, features: Sequence[torch.Tensor], context: torch.Tensor | None, output_size: Sequence[int] | None = None
     ) -> torch.Tensor:
         """
         Args:

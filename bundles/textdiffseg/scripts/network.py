@@ -31,14 +31,13 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn as nn
+from common.errors import BadInputError
+from common.networks.cross_attention import TextCrossAttention
+from common.networks.label_autoencoder import LabelAutoencoder
 from monai.networks.blocks import SpatialAttentionBlock
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.autoencoderkl import Encoder
 from monai.networks.schedulers import DDIMScheduler
-
-from common.errors import BadInputError
-from common.networks.cross_attention import TextCrossAttention
-from common.networks.label_autoencoder import LabelAutoencoder
 
 __all__ = ["TextDiffSegNet", "TrainingOutput", "pool_text"]
 

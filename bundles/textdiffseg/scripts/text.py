@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable
-
 from common.errors import BadInputError
 from common.text.encoder import FrozenTextEncoder
 from common.text.prompts import resolve_texts
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable
 
 __all__ = ["CaseTextd", "RandPromptTargetd", "TextConditioner", "TextGuidedInferer", "check_class_prompts"]
 

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 from monai.losses import DiceCELoss
-
 from scripts.network import TrainingOutput
 from scripts.text import TextConditioner
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 from common.data.datalist import kfold_splits
 from common.errors import BadInputError
 

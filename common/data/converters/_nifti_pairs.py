@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from common.data.converters.base import load_text_file, relative_path
 from common.data.converters.msd import _header, labelled_volume_entry, read_new_label
 from common.data.datalist import split_cases

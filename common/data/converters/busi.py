@@ -40,14 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from common.data.converters import register_converter
 from common.data.converters._folds import FOLD_OPTIONS, cross_validation_split
 from common.data.converters.base import DatasetConverter, load_text_file, relative_path, visible_files
 from common.data.datalist import write_datalist
 from common.errors import BadInputError
 from common.io.atomic import atomic_path
+from PIL import Image
 
 __all__ = ["BUSI_FOLDER", "BUSI_CLASSES", "BUSIConverter", "read_gray_png"]
 

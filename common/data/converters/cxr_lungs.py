@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from common.data.converters import register_converter
 from common.data.converters.base import DatasetConverter, load_text_file, lookup_text, relative_path, visible_files
 from common.data.datalist import split_cases
 from common.errors import BadInputError
 from common.io.atomic import atomic_path
+from PIL import Image
 
 __all__ = ["CXRLungsConverter", "cxr_fold_split"]
 

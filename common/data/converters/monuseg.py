@@ -42,22 +42,21 @@ that is not 8-bit RGB (RGBA with an all-opaque alpha channel is accepted and the
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 import tifffile
-from PIL import Image, ImageDraw
-
 from common.data.converters import register_converter
 from common.data.converters.base import DatasetConverter, load_text_file, lookup_text, relative_path, visible_files
 from common.data.datalist import split_cases
 from common.data.describe import describe_nuclei_mask
 from common.errors import BadInputError
 from common.io.atomic import atomic_path
+from PIL import Image, ImageDraw
 
 __all__ = [
     "MONUSEG_TEST_FOLDER",
@@ -113,8 +112,8 @@ def read_aperio_polygons(path: Path) -> list[tuple[str, np.ndarray]]:
     Reads every ``Annotations/Annotation/Regions/Region/Vertices/Vertex`` (X, Y attributes; Z ignored).
     """
     try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as err:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError) as err:
         raise BadInputError(path, f"unparsable annotation XML ({err})") from None
     if root.tag != "Annotations":
         raise BadInputError(path, f"not an Aperio ImageScope XML: root element <{root.tag}>, expected <Annotations>")

@@ -58,7 +58,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-
 from common.data.converters import register_converter
 from common.data.converters.base import DatasetConverter, case_key, load_text_file, relative_path, visible_files
 from common.data.datalist import split_cases

@@ -37,8 +37,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from PIL import Image
-
 from common.data.converters import register_converter
 from common.data.converters._folds import FOLD_OPTIONS
 from common.data.converters.base import relative_path
@@ -46,6 +44,7 @@ from common.data.converters.busi import _fold_documents
 from common.data.converters.msd import MSDConverter, MSDLayout, read_integer_label
 from common.errors import BadInputError
 from common.io.atomic import atomic_path
+from PIL import Image
 
 __all__ = ["MSDSliceConverter", "organ_modality_prompt", "positive_slices"]
 

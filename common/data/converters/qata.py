@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from common.data.converters import register_converter
 from common.data.converters.base import DatasetConverter, case_key, load_text_file, relative_path, visible_files
 from common.data.datalist import split_cases
 from common.data.xlsx import read_xlsx_table
 from common.errors import BadInputError
 from common.io.atomic import atomic_path
+from PIL import Image
 
 __all__ = ["LVIT_FOLDERS", "QaTaConverter", "read_lvit_text_table"]
 
@@ -94,9 +93,7 @@ class QaTaConverter(DatasetConverter):
         "  (optional) Val_Folder/... with Val_text.xlsx; Test_Folder/... with Test_text.xlsx\n"
         "  text tables: .xlsx, .csv or .json with columns Image (mask file name) and Description"
     )
-    options = {
-        "mask_prefix": ("mask_", "mask file name = <mask_prefix><image stem>.png ('' for LViT's MoNuSeg)"),
-    }
+    options = {"mask_prefix": ("mask_", "mask file name = <mask_prefix><image stem>.png ('' for LViT's MoNuSeg)")}
 
     def check_layout(self, src: Path, options: Mapping[str, Any]) -> list[_Split]:
         splits = []

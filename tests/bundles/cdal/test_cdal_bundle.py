@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from common.errors import BadInputError, find_bad_input_error
 from common.utils.bundles import REPO_ROOT, bundle_run_command, bundle_run_env, bundle_run_paths, bundle_scripts
+from PIL import Image
 
 REPO = REPO_ROOT
 BUNDLE = REPO / "bundles" / "cdal"

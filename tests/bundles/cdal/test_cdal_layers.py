@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from common.errors import BadInputError
 from common.utils.bundles import bundle_scripts
+from PIL import Image
 
 with bundle_scripts("cdal"):
     from scripts.adaptive_norm import AdaptiveGroupNorm, PixelNorm, latent_mapping_network
@@ -95,7 +94,7 @@ def test_adaptive_group_norm_starts_as_plain_groupnorm_and_follows_the_style():
 
 
 # ------------------------------------------------------------------------------------------------------ schedule
-def _spec_numbers(T: int) -> dict[str, np.ndarray]:
+def _spec_numbers(T: int) -> dict[str, np.ndarray]:  # noqa: N803 -- the paper's symbol
     """bundles/cdal/docs/sources.md §2.6 formulas, in float64 numpy, independently of the implementation."""
     eps = 1e-3
     tau = np.arange(T + 1) / T * (1 - eps) + eps
@@ -114,7 +113,7 @@ def _spec_numbers(T: int) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("T", [4, 2])
-def test_schedule_coefficients_match_the_spec_formulas(T):
+def test_schedule_coefficients_match_the_spec_formulas(T):  # noqa: N803 -- the paper's symbol
     s = CDALSchedule(T)
     ref = _spec_numbers(T)
     np.testing.assert_allclose(s.scheduler.betas.numpy(), ref["beta"], rtol=1e-5)

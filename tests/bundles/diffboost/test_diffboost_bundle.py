@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from common.data.converters import get_converter
 from common.data.synthetic_busi import make_busi_like
 from common.utils.bundles import REPO_ROOT, bundle_run_paths, tool_command
@@ -30,11 +29,7 @@ def _env() -> dict[str, str]:
 def test_validate_bundle_passes() -> None:
     """validate_bundle parses every config alone and with demo.json merged, and runs network_def at 384^2."""
     proc = subprocess.run(
-        tool_command("validate_bundle.py", BUNDLE),
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=300,
+        tool_command("validate_bundle.py", BUNDLE), capture_output=True, text=True, env=_env(), timeout=300
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "VALID: " in proc.stdout and "[PASS] configs: train.json + demo.json" in proc.stdout

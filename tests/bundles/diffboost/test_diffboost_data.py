@@ -10,8 +10,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from common.data.converters import available_converters, get_converter
 from common.data.converters._folds import cross_validation_split
 from common.data.converters.msd_slices import organ_modality_prompt, positive_slices
@@ -19,6 +17,7 @@ from common.data.synthetic import make_msd_like
 from common.data.synthetic_busi import make_busi_like
 from common.errors import BadInputError
 from common.utils.bundles import bundle_scripts
+from PIL import Image
 
 with bundle_scripts("diffboost"):
     from scripts import transforms, volume_metrics

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from common.errors import BadInputError
 from common.utils.bundles import REPO_ROOT, bundle_scripts
 

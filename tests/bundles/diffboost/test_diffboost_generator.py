@@ -10,11 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, LoadImaged, Resized
-from PIL import Image
-
 from common.errors import BadInputError
 from common.utils.bundles import bundle_scripts
+from monai.transforms import Compose, LoadImaged, Resized
+from PIL import Image
 
 SIZE = 32
 

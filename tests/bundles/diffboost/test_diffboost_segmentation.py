@@ -7,13 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from monai.losses import DiceCELoss
-from monai.networks.nets import AttentionUnet
-
 from common.errors import BadInputError
 from common.io.atomic import atomic_torch_save
 from common.io.checkpoints import load_network_weights
 from common.utils.bundles import bundle_scripts
+from monai.losses import DiceCELoss
+from monai.networks.nets import AttentionUnet
 
 with bundle_scripts("diffboost"):
     from scripts import mixing

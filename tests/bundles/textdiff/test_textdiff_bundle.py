@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from PIL import Image
-
 from common.errors import BadInputError
 from common.utils.bundles import REPO_ROOT, bundle_run_command, bundle_run_env, bundle_run_paths
+from PIL import Image
 
 REPO = REPO_ROOT
 BUNDLE = REPO / "bundles" / "textdiff"

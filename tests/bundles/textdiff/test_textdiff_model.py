@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from common.errors import BadInputError
 from common.networks.guided_diffusion import ADM_256_UNCOND, adm_output_block, adm_unet
 from common.utils.bundles import REPO_ROOT, bundle_scripts
@@ -237,10 +236,9 @@ def test_split_uncertainty_is_decided_by_num_classes_not_guessed():
     """A 3-class prediction without uncertainty keeps all 3 classes; a 3-class one with uncertainty (4 channels)
     is split; any other channel count is a named error; num_classes is required; the TextDiff config passes it."""
 
+    from common.transforms.inference import SplitUncertaintyd
     from monai.bundle import ConfigParser
     from monai.data import MetaTensor
-
-    from common.transforms.inference import SplitUncertaintyd
 
     three = torch.rand(3, 6, 6)
     kept = SplitUncertaintyd(num_classes=3)({"pred": three, "case_id": "c1"})
@@ -292,7 +290,7 @@ def test_foreground_variance_is_the_contract_definition():
 
 def test_text_guided_inferer_uncertainty_is_hand_computed_variance():
     """K = 2 draws whose softmax foreground is 0.2 and 0.6 at every pixel -> uncertainty channel 0.04 (unscaled)."""
-    Inferer = TextGuidedFeatureInferer
+    inferer_cls = TextGuidedFeatureInferer
 
     class Draws(torch.nn.Module):
         def __init__(self):
@@ -305,7 +303,7 @@ def test_text_guided_inferer_uncertainty_is_hand_computed_variance():
             logit = torch.log(torch.tensor(p / (1 - p)))
             return torch.stack([torch.zeros(1, *size), torch.full((1, *size), float(logit))], dim=1)
 
-    inf = Inferer(lambda image, noise_index=0: [image], None, num_samples=2, use_text=False)
+    inf = inferer_cls(lambda image, noise_index=0: [image], None, num_samples=2, use_text=False)
     out = inf.with_uncertainty()(torch.zeros(1, 3, 4, 4), Draws())
     assert out.shape == (1, 3, 4, 4)
     assert torch.allclose(out[:, 1], torch.full((1, 4, 4), 0.4)) and torch.allclose(
@@ -314,9 +312,8 @@ def test_text_guided_inferer_uncertainty_is_hand_computed_variance():
 
 
 def test_inference_transforms():
-    from monai.data import MetaTensor
-
     from common.transforms.inference import FillTextd, ResizeToOriginald, SplitUncertaintyd
+    from monai.data import MetaTensor
 
     assert FillTextd(default_text="p")({"case_id": "a"})["text"] == "p"
     assert FillTextd(default_text="p")({"case_id": "a", "text": "real"})["text"] == "real"

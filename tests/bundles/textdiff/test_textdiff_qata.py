@@ -8,14 +8,13 @@ import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from common.data.converters import available_converters, get_converter
 from common.data.converters.qata import read_lvit_text_table
 from common.data.datalist import load_datalist
 from common.data.synthetic_qata import make_qata_like
 from common.data.xlsx import read_xlsx_rows, write_xlsx_table
 from common.errors import BadInputError
+from PIL import Image
 
 
 def test_xlsx_round_trip_and_errors(tmp_path):

@@ -8,7 +8,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from common.data.converters import available_converters, get_converter
 from common.data.datalist import load_datalist
 from common.data.synthetic_ct import make_kits21_like, make_lits_like

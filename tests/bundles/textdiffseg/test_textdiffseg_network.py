@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
-
 from common.errors import BadInputError
 from common.utils.bundles import REPO_ROOT, bundle_scripts
+from monai.bundle import ConfigParser
 
 BUNDLE = REPO_ROOT / "bundles" / "textdiffseg"
 

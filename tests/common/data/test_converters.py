@@ -10,15 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import common.data.converters as registry
 import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
-from monai.data import load_decathlon_datalist
-from monai.transforms import MapLabelValue
-from PIL import Image
-
-import common.data.converters as registry
 from common.data.converters import available_converters, get_converter, register_converter
 from common.data.converters.base import DatasetConverter
 from common.data.converters.monuseg import MONUSEG_TEST_FOLDER, MONUSEG_TRAIN_FOLDER, read_aperio_polygons
@@ -27,6 +23,9 @@ from common.data.describe import count_components_2d, describe_nuclei_mask
 from common.data.synthetic import make_monuseg_like, make_msd_like
 from common.errors import BadInputError
 from common.utils.bundles import REPO_ROOT
+from monai.data import load_decathlon_datalist
+from monai.transforms import MapLabelValue
+from PIL import Image
 
 REPO = REPO_ROOT
 LVIT = {

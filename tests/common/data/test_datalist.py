@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from monai.data import load_decathlon_datalist
-
 from common.data.datalist import (
     datalist_splits,
     kfold_splits,
@@ -17,6 +15,7 @@ from common.data.datalist import (
     write_datalist,
 )
 from common.errors import BadInputError
+from monai.data import load_decathlon_datalist
 
 
 def _entry(case: str, with_label: bool = True) -> dict:

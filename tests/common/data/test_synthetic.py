@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import xml.etree.ElementTree as ET
 from pathlib import Path
+from xml.etree import ElementTree
 
 import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
 import torch
-
 from common.data.converters import get_converter
 from common.data.converters.monuseg import (
     MONUSEG_TEST_FOLDER,
@@ -44,7 +43,7 @@ def test_monuseg_like_layout_and_determinism(tmp_path: Path) -> None:
         assert x.annotation.read_bytes() == y.annotation.read_bytes()
         assert img_x.shape == (128, 128, 3) and img_x.dtype == np.uint8
         assert not np.array_equal(img_x, img_z)
-        root = ET.parse(x.annotation).getroot()
+        root = ElementTree.parse(x.annotation).getroot()
         assert root.tag == "Annotations" and len(root.findall("./Annotation/Regions/Region")) == x.n_nuclei
         polygons = read_aperio_polygons(x.annotation)
         assert all(p.min() >= 0 and p.max() <= 128 for _, p in polygons)

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from PIL import Image
-
 from common.errors import BadInputError
 from common.evaluation import (
     CONTOUR_PALETTE,
@@ -38,6 +36,7 @@ from common.evaluation import (
 from common.evaluation import metrics as metrics_module
 from common.io.atomic import atomic_write_bytes
 from common.io.images import read_image
+from PIL import Image
 
 GREEN, RED = (0, 255, 0), (255, 0, 0)
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
-
 from common.errors import BadInputError
 from common.inferers.ddim_sliding_window import DDIMSlidingWindowInferer, LatentSegmentationDiffusion
 from common.inferers.sampling import split_uncertainty
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 
 class OracleNet(torch.nn.Module):

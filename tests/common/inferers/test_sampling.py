@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from common.inferers.ddim_sliding_window import DDIMSlidingWindowInferer
 from common.inferers.sampling import SamplingInferer, foreground_variance, split_uncertainty
 from common.utils.bundles import bundle_scripts

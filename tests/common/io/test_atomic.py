@@ -8,9 +8,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor, NibabelWriter
-from PIL import Image
-
 from common.io.atomic import (
     atomic_path,
     atomic_torch_save,
@@ -20,6 +17,8 @@ from common.io.atomic import (
     temp_path_for,
 )
 from common.io.savers import AtomicSaveImage, AtomicSaveImaged
+from monai.data import MetaTensor, NibabelWriter
+from PIL import Image
 
 
 def _files(folder):

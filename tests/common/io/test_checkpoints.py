@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.networks.nets import DiffusionModelUNet
-
 from common.errors import BadInputError
 from common.io.checkpoints import convert_generative_state_dict, load_state_dict_file
 from common.utils.bundles import tool_command
+from monai.networks.nets import DiffusionModelUNet
 
 
 def _unet_args(conditioned: bool) -> dict:
@@ -99,7 +98,8 @@ def test_cli_converts_nested_checkpoint(tmp_path):
     out = tmp_path / "model.pt"
     r = _convert_cli(tmp_path, out)
     assert r.returncode == 0, r.stderr
-    sd = torch.load(out, weights_only=True)["model"]
+    sd = torch.load(out, weights_only=True)  # a flat state dict, the model zoo's models/model.pt
+    assert sd.keys() == reference.state_dict().keys()
     assert all(torch.equal(sd[k], v) for k, v in reference.state_dict().items())
     # a wrong architecture exits non-zero with a clear message, and writes nothing
     cfg["network_def"]["channels"] = [8, 32]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.blocks import CrossAttentionBlock
-
 from common.errors import BadInputError
 from common.networks.cross_attention import (
     MaskedCrossAttentionBlock,
     TextConditionedTransformerBlock,
     TextCrossAttention,
 )
+from monai.networks.blocks import CrossAttentionBlock
 
 
 def _inputs(spatial, channels=8, batch=2, tokens=6, context_dim=16, seed=0):

@@ -13,7 +13,6 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from common.errors import BadInputError
 from common.networks.guided_diffusion import (
     ScaleShiftResnetBlock,

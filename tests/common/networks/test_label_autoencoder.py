@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from common.errors import BadInputError
 from common.networks.label_autoencoder import LabelAutoencoder, StandardiseLatent
 

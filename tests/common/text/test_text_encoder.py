@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 from common.errors import BadInputError
 from common.text.encoder import FrozenTextEncoder, TextCacheInfo, TextEmbedding, demo_text_encoder_path
 

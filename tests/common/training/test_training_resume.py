@@ -17,11 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine, Events
-from ignite.handlers import EMAHandler
-from monai.data import DataLoader, Dataset
-from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandRotate90d, RandSpatialCropd
-
 from common.errors import BadInputError
 from common.training import (
     EpochAverageLoss,
@@ -38,6 +33,10 @@ from common.training import (
     standard_train_handlers,
 )
 from common.utils.bundles import REPO_ROOT
+from ignite.engine import Engine, Events
+from ignite.handlers import EMAHandler
+from monai.data import DataLoader, Dataset
+from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandRotate90d, RandSpatialCropd
 
 HELPERS = REPO_ROOT / "tests" / "helpers"
 BUNDLE = HELPERS / "resume_bundle"
@@ -455,9 +454,8 @@ def test_standard_handlers_log_iteration_and_epoch_loss(tmp_path, caplog):
 def test_reporting_handlers_only_on_rank_zero(tmp_path):
     """Under torchrun the non-zero ranks drop StatsHandler / TensorBoardStatsHandler / the progress bar (one log and
     one TensorBoard event file per run); every other handler, e.g. a CheckpointLoader MONAI Label puts first, stays."""
-    from monai.handlers import CheckpointLoader, LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
-
     from common.training import EpochAverageLoss, ProgressBarHandler, handlers_for_this_rank
+    from monai.handlers import CheckpointLoader, LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
 
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -491,9 +489,8 @@ def test_tensorboard_event_file_only_on_rank_zero(tmp_path, monkeypatch):
 def test_new_training_data_start_a_new_run_and_archive_the_old_checkpoints(tmp_path, caplog):
     """The same command on the same data resumes; on other data (MONAI Label training again after new labels) a new
     run starts from the weights the network was given, and the old run's checkpoints move to previous_run_1/."""
-    from monai.data import DataLoader, Dataset
-
     from common.training.resume import training_data_fingerprint
+    from monai.data import DataLoader, Dataset
 
     def run(cases, max_epochs, net, folder=tmp_path, **kw):
         torch.manual_seed(0)
@@ -540,9 +537,8 @@ def test_data_fingerprint_is_stable_and_content_based(tmp_path):
     """Same items -> same fingerprint in any process and mount point (absolute paths count by file name); arrays count
     by content (a one-pixel change is new data); an item with an object of no stable form gives no fingerprint."""
     import numpy as np
-    from monai.data import DataLoader, Dataset
-
     from common.training.resume import training_data_fingerprint
+    from monai.data import DataLoader, Dataset
 
     def fp(data):
         engine = Engine(lambda e, b: None)

@@ -8,10 +8,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, EnsureChannelFirstd
-from PIL import Image
-
 from common.errors import BadInputError, find_bad_input_error
 from common.io.checkpoints import load_checkpoint, load_network_weights
 from common.io.images import check_file_exists, check_image_file
@@ -24,6 +20,9 @@ from common.transforms.checks import (
     check_image_array,
     check_label,
 )
+from monai.data import MetaTensor
+from monai.transforms import Compose, EnsureChannelFirstd
+from PIL import Image
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
@@ -390,9 +389,8 @@ def test_check_is_cheap_on_a_big_volume():
 
 
 def test_empty_training_loader_is_named_not_silently_skipped():
-    from torch.utils.data import DataLoader
-
     from common.transforms.checks import check_loader_has_batches
+    from torch.utils.data import DataLoader
 
     loader = DataLoader(list(range(3)), batch_size=4, drop_last=True)
     with pytest.raises(

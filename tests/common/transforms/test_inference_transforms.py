@@ -6,9 +6,8 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import LoadImaged, Spacingd
-
 from common.transforms.inference import PathSafeSpacingd
+from monai.transforms import LoadImaged, Spacingd
 
 
 def _nifti(tmp_path):
