@@ -400,8 +400,14 @@ def install_weights(dest: Path, weights: str | Path) -> Path:
 def _last_line(text: str) -> str:
     """The last error line of a traceback (``SomethingError: ...``), else the last line."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln)]
-    return (errors or lines or ["(no output)"])[-1][:400]
+    errors = [i for i, ln in enumerate(lines) if re.match(r"^[\w.]*(Error|Exception)\b", ln)]
+    if not errors:
+        return (lines or ["(no output)"])[-1][:400]
+    i = errors[-1]
+    line = lines[i]
+    if line.endswith(":") and i + 1 < len(lines):  # TorchScript puts its message on the next line
+        line += " " + lines[i + 1]
+    return line[:400]
 
 
 def zoo_ci_exclusions(dest: Path) -> dict[str, str]:

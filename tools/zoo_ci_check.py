@@ -222,7 +222,7 @@ def check(args: argparse.Namespace) -> dict[str, dict[str, tuple[bool | None, st
             check=True,
         ).stdout.split()
         r = subprocess.run(
-            [python, "ci/get_changed_bundle.py", "--f", "\n".join(changed)]  # as the shell passes $changes,
+            [python, "ci/get_changed_bundle.py", "--f", "\n".join(changed)],  # one per line, as the shell's $changes
             cwd=zoo_tree,
             env=env,
             capture_output=True,

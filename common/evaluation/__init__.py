@@ -5,8 +5,11 @@
 - :mod:`common.evaluation.report` -- :class:`EvaluationReport` (``metrics_per_case.csv``, ``metrics_summary.json``),
   :func:`evaluate_cases` (files in, report + overlays out) and :class:`SegmentationEvaluation` (bundle step).
 - :mod:`common.evaluation.overlay` -- overlay PNGs (contours, uncertainty heat map) with numpy and Pillow only.
+- :mod:`common.evaluation.handler` -- :class:`EvaluationHandler`: the evaluation inside the evaluator run, its
+  summary in ``engine.state.metrics`` (for ``--tracking mlflow``).
 """
 
+from common.evaluation.handler import EvaluationHandler, summary_metrics
 from common.evaluation.metrics import (
     ClassMetrics,
     binarize,
@@ -34,6 +37,8 @@ from common.evaluation.report import (
 )
 
 __all__ = [
+    "EvaluationHandler",
+    "summary_metrics",
     "ClassMetrics",
     "binarize",
     "to_label_map",

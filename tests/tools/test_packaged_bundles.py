@@ -1,6 +1,7 @@
-"""Each of the four bundles, packaged by ``tools/package_bundle.py``, passes the model zoo's checks and infers from
-the unzipped package with a Python that cannot import this repository (issue 8, "Packages a model-zoo user can take
-away").
+"""Each of the four bundles, packaged by ``tools/package_bundle.py``, passes checks modelled on the model zoo's and
+infers from the unzipped package with a Python that cannot import this repository (issue 8, "Packages a model-zoo
+user can take away"). The zoo's own CI code runs in the opt-in test of ``tests/tools/test_zoo_format.py``
+(``tools/zoo_ci_check.py``).
 
 Per bundle: weights of its ``network_def`` (demo size) are written to ``models/model.pt`` of a copy, the copy is
 packaged, the zip is extracted into a fresh folder, and there, in a child interpreter whose ``sys.path`` and import
@@ -12,9 +13,7 @@ hooks exclude this repository (``import common`` must come from the package):
 * every config combination a user runs is read and parsed (``ConfigParser.parse``), and ``train#trainer``,
   ``network_def`` and ``inferer`` instantiate;
 * ``monai.bundle.verify_net_in_out`` on ``inference_network`` (``common.networks.inference_network.InferenceNetwork``:
-the
-  bundle's ``inferer(image, network)`` behind ``forward(image)``, section I of the conventions spec), with the demo
-  override and a demo-size input;
+  the bundle's ``inferer(image, network)`` behind ``forward(image)``), with the demo override and a demo-size input;
 * ``python -m monai.bundle run`` of ``inference.json`` + ``demo.json`` on the test split writes one segmentation
   (and, for the diffusion bundles, one uncertainty map) per case.
 """
@@ -40,9 +39,8 @@ from tools.package_bundle import package_bundle  # noqa: E402
 pytestmark = pytest.mark.slow
 
 #: train.json overrides for instantiating the trainer on the 3-case demo split (cDAL: drop_last with batch 4 > 3
-# : cases is a named error, see common.transforms.checks.check_loader_has_batches; DiffBoost: stage (d) needs the
-# synthesis
-#: stage's images unless it trains the baseline)
+#: cases is a named error, see common.transforms.checks.check_loader_has_batches; DiffBoost: stage (d) needs the
+#: synthesis stage's images unless it trains the baseline)
 TRAIN_OVERRIDES = {"cdal": {"batch_size": 2}, "diffboost": {"use_synthetic": False}}
 
 #: bundle -> (demo dataset, demo input spatial shape, output file extension of the segmentation, has uncertainty)

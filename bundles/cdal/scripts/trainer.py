@@ -176,7 +176,7 @@ class CDALTrainer(Trainer):
         label = slices_2d(torch.as_tensor(batchdata[self.label_key])).to(self.state.device)
         return image, labels_to_signed(label, self.label_channels)
 
-    def _iteration(self, engine: Any, batchdata: Mapping[str, Any]) -> dict[str, float]:
+    def _iteration(self, engine: Any, batchdata: Mapping[str, Any]) -> list[dict[str, float]]:
         image, x0 = self.prepare(batchdata)
         image, x0 = image.as_subclass(torch.Tensor), x0.as_subclass(torch.Tensor)
         n, dev, num_steps = x0.shape[0], x0.device, self.schedule.num_timesteps
@@ -227,14 +227,18 @@ class CDALTrainer(Trainer):
         d.requires_grad_(True)
         if self.ema is not None:
             self.ema.update()
-        return {
-            "loss": float(loss_g.detach()),
-            "loss_g": float(loss_g.detach()),
-            "loss_d": float((loss_real + loss_fake).detach()),
-            "loss_d_real": float(loss_real.detach()),
-            "loss_d_fake": float(loss_fake.detach()),
-            "r1": float(r1.detach()),
-        }
+        # a list of one dict, as a decollated MONAI trainer output: what MONAI's handlers (``from_engine(['loss'],
+        # first=True)`` of ``--tracking mlflow``) read
+        return [
+            {
+                "loss": float(loss_g.detach()),
+                "loss_g": float(loss_g.detach()),
+                "loss_d": float((loss_real + loss_fake).detach()),
+                "loss_d_real": float(loss_real.detach()),
+                "loss_d_fake": float(loss_fake.detach()),
+                "r1": float(r1.detach()),
+            }
+        ]
 
 
 def make_ema(

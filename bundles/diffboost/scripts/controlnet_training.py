@@ -66,7 +66,9 @@ class ControlNetIteration:
         default_text: prompt for cases without ``text`` (``None`` = such a case is an error naming it).
         case_key: batch key of the case ids named in errors.
 
-    Returns per iteration ``{"loss": tensor}`` (``engine.state.output``), so ``common.training.LossOutput`` works.
+    Returns per iteration ``[{"loss": tensor}]`` (``engine.state.output``, shaped as a decollated MONAI trainer
+    output), so ``common.training.LossOutput`` and MONAI's ``from_engine(["loss"], first=True)`` (the default of
+    ``--tracking mlflow``) both read it.
     """
 
     def __init__(
@@ -122,4 +124,4 @@ class ControlNetIteration:
         loss = self.loss(engine.network, batch, engine.state.device)
         loss.backward()
         engine.optimizer.step()
-        return {"loss": loss.detach()}
+        return [{"loss": loss.detach()}]

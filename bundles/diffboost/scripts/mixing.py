@@ -70,7 +70,8 @@ class PatchMixIteration:
             ``(B, 1, H, W)`` class ids).
 
     Uses ``engine.network``, ``engine.optimizer``, ``engine.loss_function`` (DiceCE with ``to_onehot_y``/softmax)
-    and ``engine.state.device``. Output ``{"loss", "pred", "label", "real_fraction"}``.
+    and ``engine.state.device``. Output ``{"loss", "pred", "label", "real_fraction"}``, decollated by the trainer
+    (``decollate=True``, the default) into one dict per sample, as ``SupervisedTrainer``'s own iteration is.
     """
 
     def __init__(
@@ -115,10 +116,16 @@ class PatchMixIteration:
             logits = network(mix(x0, xi, m))
         return loss_function(logits, y), logits, y, float(m.mean())
 
-    def __call__(self, engine: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
+    def __call__(self, engine: Any, batch: Mapping[str, Any]) -> Any:
+        from monai.engines.utils import IterationEvents
+
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
         loss, logits, y, frac = self.forward_loss(engine.network, engine.loss_function, batch, engine.state.device)
+        engine.state.output = {"loss": loss, "pred": logits, "label": y, "real_fraction": frac}
+        # as SupervisedTrainer's own iteration: MODEL_COMPLETED lets the trainer decollate the output (decollate=True),
+        # so MONAI's handlers (e.g. from_engine(["loss"], first=True) of --tracking mlflow) read it as usual
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
         loss.backward()
         engine.optimizer.step()
-        return {"loss": loss.detach(), "pred": logits.detach(), "label": y, "real_fraction": frac}
+        return engine.state.output

@@ -162,6 +162,15 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix or 'header'}: was {old!r}, now {new!r}"]
 
 
+def _shard() -> tuple[int, int]:
+    """(rank, world size) of the initialised ``torch.distributed`` process group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def synthetic_file(case_id: str, index: int) -> str:
     """Path of a synthetic image relative to the synthesis folder."""
     return f"{case_id}/{case_id}_syn{index:03d}.nii"
@@ -318,13 +327,20 @@ class Synthesizer:
         preprocessing: the deterministic transform producing ``image`` ``(1, S, S)``, ``label``, ``edge`` and ``text``.
         output_dir: the synthesis folder (``synthetic_dir``).
         num_per_slice: n (50 at full scale; the paper reports a plateau beyond ~10).
-        batch_size: images per pipeline call (does not change the images; not part of the header).
+        batch_size: images per pipeline call (not part of the header: it changes the images by float rounding only,
+            measured 1.3e-6 at most on CPU for an image made alone instead of in a batch of 2).
         seed: base seed (see :func:`sample_seed`).
         default_text: prompt for entries without text (``None``: such an entry is an error naming the case).
         provenance: settings written into the manifest header and compared on resume (e.g. the SD model).
         weights_files: ``{name: path or None}`` of generator weights whose identity (:func:`file_identity`) is
             recorded and compared on resume (e.g. ``controlnet_weights``, ``hed_weights``).
         locations: paths recorded in the header for information only, not compared (e.g. the datalist).
+        shard: ``(rank, world_size)``: this process writes the slices ``data[rank::world_size]``; default: the
+            ``torch.distributed`` rank and world size when a process group is initialised (``torchrun`` with
+            ``configs/multi_gpu_synthesize.json``), else ``(0, 1)``. Each image's seed depends on its case and index
+            only, so N processes write the same images as one. With N > 1 each rank keeps its own resumable
+            ``manifest.rank<r>of<N>.json`` while it works; at the end all ranks meet at a barrier and rank 0 merges
+            them (and any earlier ``manifest.json``) into the one ``manifest.json``, then removes the shard files.
 
     Raises (from :meth:`run`):
         BadInputError: naming ``manifest.json``, when it is unreadable, or was made with other settings (the
@@ -344,6 +360,7 @@ class Synthesizer:
         provenance: Mapping[str, Any] | None = None,
         weights_files: Mapping[str, str | Path | None] | None = None,
         locations: Mapping[str, Any] | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if int(num_per_slice) < 1:
             raise BadInputError("num_synthetic", f"must be >= 1, got {num_per_slice}")
@@ -360,6 +377,9 @@ class Synthesizer:
         self.locations = dict(locations or {})
         self.generated: list[tuple[str, int]] = []
         self._identities: dict[str, dict[str, Any] | None] = {}
+        self.rank, self.world_size = _shard() if shard is None else (int(shard[0]), int(shard[1]))
+        if not 0 <= self.rank < self.world_size:
+            raise BadInputError("shard", f"rank {self.rank} is not in 0..{self.world_size - 1}")
 
     @property
     def sampler(self) -> ControlNetSampler:
@@ -369,7 +389,15 @@ class Synthesizer:
 
     @property
     def manifest_path(self) -> Path:
+        """The merged manifest (``manifest.json``)."""
         return self.output_dir / MANIFEST_NAME
+
+    @property
+    def shard_manifest_path(self) -> Path:
+        """This process's manifest while it works: ``manifest.json`` alone, or ``manifest.rank<r>of<N>.json``."""
+        if self.world_size == 1:
+            return self.manifest_path
+        return self.output_dir / f"{Path(MANIFEST_NAME).stem}.rank{self.rank}of{self.world_size}.json"
 
     def header(self) -> dict[str, Any]:
         """The provenance header compared on resume (see the class docstring)."""
@@ -389,9 +417,36 @@ class Synthesizer:
     def _fail(self, problem: str) -> BadInputError:
         return BadInputError(self.manifest_path, f"{problem}; delete the folder or set another synthetic_dir")
 
+    def _manifests(self) -> list[Path]:
+        """The merged manifest and every shard manifest in ``output_dir`` (those of other world sizes too)."""
+        shards = sorted(self.output_dir.glob(f"{Path(MANIFEST_NAME).stem}.rank*of*.json"))
+        return [p for p in [self.manifest_path, *shards] if p.is_file()]
+
+    def _read_manifest(self, path: Path, header: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Records of the manifest ``path``, after checking that its header equals ``header``."""
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            old = doc["header"]
+            records = {r["file"]: r for r in doc["images"]}
+        except (ValueError, KeyError, TypeError) as err:
+            raise BadInputError(
+                path,
+                f"unreadable synthesis manifest ({type(err).__name__}: {err}); delete the folder or set another "
+                "synthetic_dir",
+            ) from None
+        diffs = _differences(json.loads(json.dumps(old)), json.loads(json.dumps(header)))
+        if diffs:
+            shown = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+            raise BadInputError(
+                path, f"made with other settings ({shown}); delete the folder or set another synthetic_dir"
+            )
+        return records
+
     def _load_records(self, header: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-        """Records of the existing manifest, after checking that its header equals ``header``."""
-        if not self.manifest_path.is_file():
+        """Records of every existing manifest (merged and shards), after checking that their headers equal
+        ``header``."""
+        manifests = self._manifests()
+        if not manifests:
             stray = sorted(self.output_dir.glob("*/*_syn[0-9][0-9][0-9].nii"))
             if stray:
                 raise BadInputError(
@@ -400,19 +455,14 @@ class Synthesizer:
                     "settings that made them are unknown; delete the folder or set another synthetic_dir",
                 )
             return {}
-        try:
-            doc = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-            old = doc["header"]
-            records = {r["file"]: r for r in doc["images"]}
-        except (ValueError, KeyError, TypeError) as err:
-            raise self._fail(f"unreadable synthesis manifest ({type(err).__name__}: {err})") from None
-        diffs = _differences(json.loads(json.dumps(old)), json.loads(json.dumps(header)))
-        if diffs:
-            shown = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
-            raise self._fail(f"made with other settings ({shown})")
+        records: dict[str, dict[str, Any]] = {}
+        for path in manifests:
+            records.update(self._read_manifest(path, header))
         return records
 
-    def _write_manifest(self, header: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]) -> None:
+    def _write_manifest(
+        self, header: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]], path: Path | None = None
+    ) -> None:
         doc = {
             "format": 2,
             "description": "DiffBoost synthetic images; each is paired with the label of its source slice",
@@ -424,7 +474,7 @@ class Synthesizer:
             "locations": self.locations,
             "images": [records[k] for k in sorted(records)],
         }
-        atomic_write_json(self.manifest_path, doc)
+        atomic_write_json(self.shard_manifest_path if path is None else path, doc)
 
     def _prepare(self, entry: Mapping[str, Any]) -> Mapping[str, Any]:
         try:
@@ -445,9 +495,10 @@ class Synthesizer:
         records = self._load_records(header)
         self._write_manifest(header, records)  # the header exists before the first image is written
         generated = skipped = 0
-        n_cases = len(self.data)
+        mine = self.data[self.rank :: self.world_size]
+        n_cases = len(mine)
         start = time.perf_counter()
-        for k, entry in enumerate(self.data, 1):
+        for k, entry in enumerate(mine, 1):
             cid = str(entry["case_id"])
             files = [synthetic_file(cid, i) for i in range(self.num_per_slice)]
             todo = [i for i, f in enumerate(files) if not (self.output_dir / f).is_file()]
@@ -499,8 +550,11 @@ class Synthesizer:
                     "sampler": self._settings(),
                 }
             self._write_manifest(header, records)
+        if self.world_size > 1:
+            self._merge_shards(header)
         logger.info(
-            "synthesis done: %d slices, %d images written, %d existing kept, %.1f s -> %s",
+            "synthesis done%s: %d slices, %d images written, %d existing kept, %.1f s -> %s",
+            "" if self.world_size == 1 else f" (rank {self.rank} of {self.world_size})",
             n_cases,
             generated,
             skipped,
@@ -508,6 +562,29 @@ class Synthesizer:
             self.manifest_path,
         )
         return {"cases": n_cases, "generated": generated, "skipped": skipped}
+
+    def _merge_shards(self, header: Mapping[str, Any]) -> None:
+        """Barrier; rank 0 writes every manifest's records into ``manifest.json`` and removes the shard files;
+        barrier (so no rank returns before the merged manifest exists)."""
+        import torch.distributed as dist
+
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            dist.barrier()
+        if self.rank == 0:
+            shards = [p for p in self._manifests() if p != self.manifest_path]
+            records = self._load_records(header)
+            expected = {synthetic_file(str(e["case_id"]), i) for e in self.data for i in range(self.num_per_slice)}
+            missing = sorted(expected - set(records))
+            if missing:
+                raise self._fail(
+                    f"{len(missing)} image(s) of other ranks are not in their manifests (e.g. {missing[0]})"
+                )
+            self._write_manifest(header, records, path=self.manifest_path)
+            for p in shards:
+                p.unlink()
+        if distributed:
+            dist.barrier()
 
     def _aug_text(self, index: int) -> str:
         if isinstance(self._sampler, ControlNetSampler):

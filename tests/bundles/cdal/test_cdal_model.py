@@ -168,14 +168,14 @@ def trained(tmp_path_factory):
     d = CDALDiscriminator(label_channels=1, ngf=4, t_emb_dim=16, variant="small")
     tr, *_ = make_trainer(g, d, toy_loader(), epochs=12)
     losses: list[float] = []
-    tr.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss_g"]))
+    tr.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output[0]["loss_g"]))
     tr.run()
     return g, d, losses, tr
 
 
 def test_training_lowers_the_generator_loss(trained):
     _, _, losses, tr = trained
-    assert len(losses) == 24 and set(tr.state.output) >= {"loss_g", "loss_d", "r1", "loss_d_real", "loss_d_fake"}
+    assert len(losses) == 24 and set(tr.state.output[0]) >= {"loss_g", "loss_d", "r1", "loss_d_real", "loss_d_fake"}
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.6 * first, (first, last)
 

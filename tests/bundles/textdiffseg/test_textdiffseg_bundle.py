@@ -66,7 +66,7 @@ def trained(data) -> dict:
     losses: list[float] = []
     from ignite.engine import Events
 
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
     trainer.run()
     return {"losses": losses, "network": p.get_parsed_content("network"), "parser": p}
 
