@@ -219,7 +219,7 @@ def test_weights_over_the_size_limit_go_to_large_files_yml(bundle_copy, tmp_path
     assert (dest / "models" / "big.pt").is_file()
     listed = yaml.safe_load((dest / "large_files.yml").read_text())["large_files"]
     entry = next(e for e in listed if e["path"] == "models/big.pt")
-    assert entry["url"] == "https://example.org/weights/big.pt" and entry["hash_type"] == "sha256"
+    assert entry["url"] == "https://example.org/weights/tiny_seg_bundle/big.pt" and entry["hash_type"] == "sha256"
     assert entry["hash_val"] == hashlib.sha256(b"x" * 300_000).hexdigest()
     assert not any(e["path"] == "models/small.pt" for e in listed)
     assert "tiny_seg_bundle/large_files.yml" in names

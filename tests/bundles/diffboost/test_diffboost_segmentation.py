@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -95,15 +94,24 @@ def _toy_batch(n: int = 4, size: int = 32) -> dict[str, torch.Tensor]:
 def test_attention_unet_training_lowers_the_loss_and_checkpoints_reload_identically(mode: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = AttentionUnet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2))
-    engine = SimpleNamespace(
+    from ignite.engine import Events
+    from monai.engines import SupervisedTrainer
+
+    batch = _toy_batch()
+    # a real MONAI trainer (decollate=True, the default) runs the iteration, as train.json does
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=25,
+        train_data_loader=[batch],
         network=net,
         optimizer=torch.optim.AdamW(net.parameters(), lr=1e-2),
         loss_function=DiceCELoss(include_background=False, to_onehot_y=True, softmax=True),
-        state=SimpleNamespace(device=torch.device("cpu")),
+        iteration_update=mixing.PatchMixIteration(mode, alpha=0.6, patch_size=8),
     )
-    step = mixing.PatchMixIteration(mode, alpha=0.6, patch_size=8)
-    batch = _toy_batch()
-    losses = [float(step(engine, batch)["loss"]) for _ in range(25)]
+    losses: list[float] = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
+    trainer.run()
+    assert len(losses) == 25 and len(trainer.state.output) == 4  # decollated: one dict per sample
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
     path = atomic_torch_save({"model": net.state_dict()}, tmp_path / "model.pt")
     fresh = AttentionUnet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2))
