@@ -6,7 +6,8 @@
 
 A wrapper of ``python -m common.io.convert_checkpoint`` (:mod:`common.io.convert_checkpoint`, the same command line,
 which also runs inside a packaged bundle): it puts the repository root on ``sys.path`` and calls its ``main``, which
-imports the bundle converter modules of :data:`CONVERTER_MODULES` (``bundles.<name>.scripts.convert``).
+imports the bundle converter modules (``common.io.convert_checkpoint.CONVERTER_MODULES``,
+``bundles.<name>.scripts.convert``).
 
 ``generative``: a checkpoint of the frozen ``monai-generative`` package (DiffusionModelUNet, AutoencoderKL,
 ControlNet, ...) into the MONAI core class built from ``--network`` (a bundle config file and the id of the network
@@ -26,25 +27,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from common.io.convert_checkpoint import (  # noqa: E402
-    CONVERTER_MODULES,
-    build_network,
-    build_parser,
-    convert_generative,
-    convert_textdiff,
-    import_converter_modules,
-    main,
-)
+from common.io.convert_checkpoint import main  # noqa: E402
 
-__all__ = [
-    "CONVERTER_MODULES",
-    "build_network",
-    "build_parser",
-    "convert_generative",
-    "convert_textdiff",
-    "import_converter_modules",
-    "main",
-]
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,8 @@ UNet implementation this module
   filled, shapes equal, else :class:`~common.errors.BadInputError` listing them;
 * names the MONAI module whose output equals ADM's ``output_blocks[i]`` output (:func:`adm_output_block`), the hook
   points of diffusion-feature methods (TextDiff, ddpm-segmentation);
-* registers ``tools/convert_checkpoint.py textdiff`` (official ADM checkpoint -> ``{"model": MONAI state dict}``).
+* converts official ADM checkpoints (:func:`convert_adm_state_dict`), the ``textdiff`` converter of
+  ``python -m common.io.convert_checkpoint`` (-> ``{"model": MONAI state dict, "adm_flags": ...}``).
 
 Remaining differences to ADM (bundles/textdiff/docs/sources.md §9): ADM's ``GroupNorm32`` computes in fp32 under fp16
 and its attention softmax is fp32 -- run the MONAI net under ``torch.autocast(float16)`` (group_norm/softmax are on
