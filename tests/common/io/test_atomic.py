@@ -120,8 +120,13 @@ def test_writer_failure_leaves_no_partial_output(tmp_path, monkeypatch):
         raise OSError("killed while writing")
 
     monkeypatch.setattr(NibabelWriter, "write", broken_write)
-    saver = AtomicSaveImage(
-        output_dir=str(tmp_path), output_postfix="seg", output_ext=".nii.gz", separate_folder=False, print_log=False
+    saver = AtomicSaveImage(  # the NIfTI writer only (with ITK installed MONAI would fall back to ITKWriter)
+        output_dir=str(tmp_path),
+        output_postfix="seg",
+        output_ext=".nii.gz",
+        separate_folder=False,
+        print_log=False,
+        writer=NibabelWriter,
     )
     with pytest.raises(RuntimeError, match="cannot find a suitable writer"):
         saver(_pred("/data/case_06.nii.gz"))
