@@ -10,10 +10,9 @@ bundle uses: a MONAI Label server loads several bundles into ONE process and onl
 packages between them, so the ``common`` imported first (by whichever bundle) must serve every other bundle too
 (a bundle-specific subset failed there with ``No module named 'scripts.adaptive_norm'``). The bundle's configs and
 ``scripts/`` are still scanned for the ``common`` modules they use (transitively): that closure is recorded as
-``packaged_common.modules_used`` and decides the pinned third-party packages. ``configs/metadata.json`` gets the
-versions of the installed third-party packages the code imports (``required_packages_version``, ``monai_version``,
-``pytorch_version``, ``numpy_version``) and a ``packaged_common`` record (modules copied, modules used, ``common``
-version, git commit).
+``packaged_common.modules_used`` and checks the packages the bundle declares. ``configs/metadata.json`` gets the
+pinned versions (below) and a ``packaged_common`` record (modules copied, modules used, ``common`` version, git
+commit).
 
 Versions: ``monai_version``, ``pytorch_version``, ``numpy_version`` and the packages the code imports come from
 ``bundles/pinned_requirements.txt`` (the versions the suite runs with on Python 3.10, the model zoo's CI Python), not
@@ -77,7 +76,7 @@ DISTRIBUTIONS = {
 ALWAYS = ("monai", "torch", "numpy", "einops", "fire", "pytorch-ignite", "nibabel")
 #: distributions the code imports for one optional feature only: not pinned in the metadata (the zoo's CI installs
 #: every pin with ``==``, and MONAI 1.6 reads ``optional_packages_version`` as a deprecated name of
-#: ``required_packages_version``); the model cards list them with these reasons
+#: ``required_packages_version``), each with the feature that needs it
 OPTIONAL = {
     "SimpleITK": "reading DICOM / MetaImage / NRRD inputs",
     "tifffile": "reading TIFF images (MoNuSeg's raw release)",
@@ -253,11 +252,11 @@ def bundle_requirements(bundle: Path) -> tuple[set[Path], dict]:
     declared = set(json.loads(meta_path.read_text(encoding="utf-8")).get("required_packages_version", {}))
     seeds, third = scan_bundle(bundle)
     files, third_common = common_closure(seeds)
-    scanned = set(_versions(third | third_common | set(ALWAYS), read_pins()))
+    pins = read_pins()
+    scanned = set(_versions(third | third_common | set(ALWAYS), pins))
     missing = sorted(scanned - declared - {"monai", "torch", "numpy"} - set(OPTIONAL))
     if missing:
         raise BadInputError(meta_path, f"the bundle imports {missing} but required_packages_version does not list them")
-    pins = read_pins()
     unpinned = sorted(d for d in declared | {"monai", "torch", "numpy"} if _canonical(d) not in pins)
     if unpinned:
         raise BadInputError(PINS_FILE, f"{meta_path} needs {unpinned}, which are not pinned here")

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import ast
 import configparser
-import functools
 import hashlib
-import http.server
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -36,7 +33,8 @@ from common.utils.bundles import BUNDLES_DIR
 REPO = BUNDLES_DIR.parent
 sys.path.insert(0, str(REPO))
 
-from tools.package_bundle import PINS_FILE, bundle_requirements, package_bundle, read_pins  # noqa: E402
+from tools.package_bundle import PINS_FILE, bundle_requirements, file_sha256, package_bundle, read_pins  # noqa: E402
+from tools.zoo_ci_check import serve  # noqa: E402
 
 BUNDLES = ("textdiff", "cdal", "textdiffseg", "diffboost")
 ZOO_SCHEMA = REPO / "common" / "schemas" / "meta_schema_20240725.json"
@@ -211,7 +209,8 @@ def test_weights_become_a_flat_model_pt_and_a_zoo_submission(tmp_path):
     from monai.handlers import CheckpointLoader
 
     state = _diffboost_weights(tmp_path / "trained.pt", wrap=True)
-    server, url = _serve(tmp_path / "submission" / "large_files")
+    (tmp_path / "submission" / "large_files").mkdir(parents=True)
+    server, url = serve(tmp_path / "submission" / "large_files")
     try:
         dest, _ = package_bundle(
             BUNDLES_DIR / "diffboost",
@@ -245,7 +244,7 @@ def test_weights_become_a_flat_model_pt_and_a_zoo_submission(tmp_path):
             {
                 "path": "models/model.pt",
                 "url": url + "diffboost/model.pt",
-                "hash_val": _sha(shipped),
+                "hash_val": file_sha256(shipped),
                 "hash_type": "sha256",
             }
         ]
@@ -258,7 +257,7 @@ def test_weights_become_a_flat_model_pt_and_a_zoo_submission(tmp_path):
         target = sub / "models" / "diffboost"
         _only_our_entry(target)
         download_large_files(bundle_path=str(target))
-        assert _sha(target / "models" / "model.pt") == _sha(shipped)
+        assert file_sha256(target / "models" / "model.pt") == file_sha256(shipped)
         (target / "models" / "model.pt").unlink()
         tampered = bytearray(shipped.read_bytes())
         tampered[len(tampered) // 2] ^= 0xFF  # one byte changed
@@ -288,10 +287,6 @@ def test_weights_become_a_flat_model_pt_and_a_zoo_submission(tmp_path):
         )
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _only_our_entry(bundle: Path) -> None:
     """Keep only the entries served here (the third-party HED weights cannot be downloaded offline)."""
     import yaml
@@ -299,15 +294,6 @@ def _only_our_entry(bundle: Path) -> None:
     yml = bundle / "large_files.yml"
     entries = yaml.safe_load(yml.read_text())["large_files"]
     yml.write_text(yaml.safe_dump({"large_files": [e for e in entries if e["path"] == "models/model.pt"]}))
-
-
-def _serve(folder: Path):
-    folder.mkdir(parents=True, exist_ok=True)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
 # ------------------------------------------------------------------------------------------- the zoo's own CI
