@@ -366,10 +366,10 @@ print(f"{cls.__name__}.forward{inspect.signature(cls.forward)}")
 """
 
 
-def run_in_package(dest: Path, code: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+def run_in_package(dest: Path, code: str, timeout: int = 1800, **env_extra: str) -> subprocess.CompletedProcess:
     """Run Python ``code`` in a child interpreter rooted at the package folder ``dest`` (this repository is not
-    importable there), offline (``HF_HUB_OFFLINE``)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    importable there), offline (``HF_HUB_OFFLINE``), with ``env_extra`` added to its environment."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", **env_extra)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO_ROOT
     )

@@ -12,8 +12,16 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 zoo="${1:?usage: setup_zoo_ci_env.sh ZOO (a model-zoo checkout or git dir)}"
 venv="${ZOO_CI_VENV:-$repo/.zoo-ci-venv}"
-py="${ZOO_CI_PYTHON:-$(command -v python3.10 || ls /root/.pyenv/versions/3.10*/bin/python 2>/dev/null | head -1)}"
-[ -x "$py" ] || { echo "[zoo-ci] Python 3.10 not found: set ZOO_CI_PYTHON" >&2; exit 1; }
+# the first candidate that runs and is 3.10 (a pyenv shim for a version that is not selected fails to run)
+py="${ZOO_CI_PYTHON:-}"
+if [ -z "$py" ]; then
+  for cand in "$(command -v python3.10 || true)" "$HOME"/.pyenv/versions/3.10*/bin/python /usr/bin/python3.10; do
+    if [ -n "$cand" ] && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then
+      py="$cand"; break
+    fi
+  done
+fi
+[ -n "$py" ] && [ -x "$py" ] || { echo "[zoo-ci] Python 3.10 not found: set ZOO_CI_PYTHON" >&2; exit 1; }
 git_dir="$zoo"; [ -d "$zoo/.git" ] && git_dir="$zoo/.git"
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 git --git-dir "$git_dir" show HEAD:requirements.txt > "$tmp/requirements.txt"

@@ -69,14 +69,6 @@ STEPS = (
     "pytype",
     "pre-commit",
 )
-_CI_WEIGHTS = """
-import torch
-from monai.bundle import ConfigParser
-torch.manual_seed(0)
-p = ConfigParser(); p.read_config('configs/inference.json'); p.read_meta('configs/metadata.json')
-p['bundle_root'] = '.'
-torch.save(p.get_parsed_content('network_def').state_dict(), {out!r})
-"""
 
 
 def _run(cmd: list[str] | str, cwd: Path, env: dict[str, str], log: Path, timeout: int = 3600) -> tuple[bool, str]:
@@ -169,14 +161,11 @@ def pre_commit_config(zoo_tree: Path, hooks: Path, python_version: str) -> Path:
 
 def ci_weights(bundle: str, out: Path) -> Path:
     """Weights of the bundle's ``network_def`` (seeded init; what the zoo's ``_produce_fake_weights`` writes)."""
+    from common.io.atomic import atomic_torch_save
+    from common.utils.bundles import seeded_network_state
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    code = f"import sys; sys.path[:0] = ['.', {str(REPO_ROOT)!r}]\n" + _CI_WEIGHTS.format(out=str(out))
-    r = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT / "bundles" / bundle, capture_output=True, text=True, timeout=1800
-    )
-    if r.returncode != 0:
-        raise RuntimeError(f"{bundle}: could not build network_def: {r.stderr[-2000:]}")
-    return out
+    return atomic_torch_save(seeded_network_state(bundle), out)
 
 
 def check(args: argparse.Namespace) -> dict[str, dict[str, tuple[bool | None, str]]]:

@@ -22,6 +22,7 @@ __all__ = [
     "bundle_run_env",
     "bundle_run_paths",
     "bundle_scripts",
+    "seeded_network_state",
     "tool_command",
 ]
 
@@ -91,6 +92,26 @@ def bundle_run_paths(datalist: str | os.PathLike, work: str | os.PathLike, outpu
         "output_dir": str(work / output),
         "ckpt_dir": str(work / "models"),
     }
+
+
+def seeded_network_state(name: str, configs: Sequence[str] = ("inference.json",), seed: int = 0) -> dict:
+    """The state dict of bundle ``name``'s ``network_def`` built from ``configs`` (file names under its
+    ``configs/``, merged in order) right after ``torch.manual_seed(seed)``: the same weights on every call, for
+    packaging, export and CI checks that need a ``models/model.pt`` but not a trained one (what the model zoo's CI
+    writes as fake weights). The global RNG state is left as it was.
+
+    Returns:
+        ``{parameter or buffer name: tensor}`` (CPU), loadable with ``strict=True`` into that ``network_def``.
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    with bundle_scripts(name) as bundle, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        parser = ConfigParser()
+        parser.read_config([str(bundle / "configs" / c) for c in configs])
+        parser["bundle_root"] = str(bundle)
+        return {k: v.detach().cpu() for k, v in parser.get_parsed_content("network_def").state_dict().items()}
 
 
 def tool_command(script: str, *args: object) -> list[str]:

@@ -18,22 +18,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from common.utils.bundles import BUNDLES_DIR, bundle_run_command, bundle_run_env, bundle_run_paths
+import torch
+from common.utils.bundles import BUNDLES_DIR, bundle_run_command, bundle_run_env, bundle_run_paths, seeded_network_state
 
 pytestmark = pytest.mark.slow
 
 #: bundle -> demo dataset
 BUNDLES = {"textdiff": "monuseg", "cdal": "monuseg", "textdiffseg": "msd", "diffboost": "busi"}
-WEIGHTS = """
-import sys, torch
-sys.path[:0] = ['.', {repo!r}]
-from monai.bundle import ConfigParser
-torch.manual_seed(0)
-p = ConfigParser(); p.read_config(['configs/inference.json', 'configs/demo.json']); p['bundle_root'] = '.'
-state = p.get_parsed_content('network_def').state_dict()
-for name in {names!r}:
-    torch.save(state, name)
-"""
 
 
 def _run(cmd: list[str], bundle: str) -> None:
@@ -51,10 +42,9 @@ def _per_case(out: Path) -> list[dict[str, str]]:
 def test_two_ranks_give_the_one_process_metrics(bundle, demo_datalists, tmp_path):
     models = tmp_path / "models"
     models.mkdir()
-    names = [str(models / "model.pt")] + ([str(models / "model_baseline.pt")] if bundle == "diffboost" else [])
-    code = WEIGHTS.format(repo=str(BUNDLES_DIR.parent), names=names)
-    r = subprocess.run([sys.executable, "-c", code], cwd=BUNDLES_DIR / bundle, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
+    state = seeded_network_state(bundle, ("inference.json", "demo.json"))
+    for name in ["model.pt"] + (["model_baseline.pt"] if bundle == "diffboost" else []):
+        torch.save(state, models / name)
 
     configs = ["configs/inference.json", "configs/evaluate.json"]
     one, two = tmp_path / "one", tmp_path / "two"

@@ -21,7 +21,6 @@ hooks exclude this repository (``import common`` must come from the package):
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,12 +28,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from common.utils.bundles import BUNDLES_DIR
+import torch
+from common.utils.bundles import BUNDLES_DIR, seeded_network_state
 
 REPO = BUNDLES_DIR.parent
 sys.path.insert(0, str(REPO))
 
-from tools.package_bundle import package_bundle  # noqa: E402
+from tools.package_bundle import package_bundle, run_in_package  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -51,53 +51,19 @@ BUNDLES = {
     "diffboost": ("busi", [64, 64], ".png", False),
 }
 
-#: Child-interpreter prelude: drop this repository (and the editable-install finder) from the import system; the
-#: bundle folder (cwd) goes first, as ``monai.bundle run`` puts ``bundle_root`` on ``sys.path``.
-PRELUDE = (
-    "import sys\n"
-    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
-    f"sys.path[:] = [p for p in sys.path if p.rstrip('/') not in ({str(REPO)!r}, '')]\n"
-    "sys.path.insert(0, '.')\n"
-)
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO
-    )
-    return env
-
 
 def _python(cwd: Path, code: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", PRELUDE + code], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env()
-    )
+    """``code`` in a child interpreter rooted at ``cwd`` that cannot import this repository (``import common`` must
+    come from the package there), one thread."""
+    return run_in_package(cwd, code, timeout=timeout, OMP_NUM_THREADS="1")
 
 
 def _write_demo_weights(bundle: Path) -> None:
     """``models/model.pt`` = ``{"model": state_dict}`` of the demo-size ``network_def`` (seeded init): what a user's
-    trained bundle holds, without the training time. Built in a child with this repository importable."""
-    code = (
-        "import sys, torch\n"
-        f"sys.path[:0] = ['.', {str(REPO)!r}]\n"
-        "from monai.bundle import ConfigParser\n"
-        "torch.manual_seed(0)\n"
-        "p = ConfigParser(); p.read_config(['configs/inference.json', 'configs/demo.json'])\n"
-        "p['bundle_root'] = '.'\n"
-        "net = p.get_parsed_content('network_def')\n"
-        "import os; os.makedirs('models', exist_ok=True)\n"
-        "torch.save({'model': net.state_dict()}, 'models/model.pt')\n"
-    )
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=bundle,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    trained bundle holds, without the training time."""
+    (bundle / "models").mkdir(exist_ok=True)
+    state = seeded_network_state(bundle.name, ("inference.json", "demo.json"))
+    torch.save({"model": state}, bundle / "models" / "model.pt")
 
 
 ZOO_CHECKS = """

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from common.utils.bundles import BUNDLES_DIR
+from common.utils.bundles import BUNDLES_DIR, seeded_network_state
 
 REPO = BUNDLES_DIR.parent
 sys.path.insert(0, str(REPO))
@@ -190,13 +190,7 @@ def test_model_card_follows_the_zoo_template_and_stands_alone(bundle):
 
 # --------------------------------------------------------------------------------------------- weights, submission
 def _diffboost_weights(path: Path, wrap: bool) -> dict[str, torch.Tensor]:
-    from monai.bundle import ConfigParser
-
-    torch.manual_seed(0)
-    p = ConfigParser()
-    p.read_config(str(BUNDLES_DIR / "diffboost" / "configs" / "inference.json"))
-    p["bundle_root"] = str(BUNDLES_DIR / "diffboost")
-    state = p.get_parsed_content("network_def").state_dict()
+    state = seeded_network_state("diffboost")
     torch.save({"model": state} if wrap else state, path)
     return state
 
