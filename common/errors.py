@@ -1,4 +1,5 @@
-"""The one error type the project raises for bad input (files, images, labels, text, checkpoints)."""
+"""The project's error types: :class:`BadInputError` for bad input (files, images, labels, text, checkpoints) and
+:class:`OutputWriteError` for an output that could not be written completely (a full disk, a failing mount)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Sequence
 from os import PathLike
 from typing import Any
 
-__all__ = ["BadInputError", "find_bad_input_error", "format_list", "short_message"]
+__all__ = ["BadInputError", "OutputWriteError", "find_bad_input_error", "format_list", "short_message"]
 
 MAX_LISTED = 5  # how many offending keys/values a message lists
 
@@ -28,6 +29,27 @@ class BadInputError(ValueError):
         self.source = None if source is None else str(source)
         self.problem = problem
         super().__init__(problem if self.source is None else f"{self.source}: {problem}")
+
+    def __reduce__(self):  # keep picklable across DataLoader workers
+        return (type(self), (self.source, self.problem))
+
+
+class OutputWriteError(OSError):
+    """An output file could not be written completely: the message names the file, what is wrong with what was
+    written and the free space left. Nothing is left under that name (the previous file, if any, stays).
+
+    Args:
+        path: the output file (its final name).
+        problem: what went wrong.
+    """
+
+    def __init__(self, path: str | PathLike, problem: str) -> None:
+        self.source = str(path)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}")
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.problem}"
 
     def __reduce__(self):  # keep picklable across DataLoader workers
         return (type(self), (self.source, self.problem))

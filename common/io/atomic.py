@@ -19,6 +19,7 @@ normal umask permissions.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -90,21 +91,28 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final_path: str | PathLike, durable: bool = True) -> Iterator[Path]:
+def atomic_path(
+    final_path: str | PathLike, durable: bool = True, verify: bool = True, expected_size: int | None = None
+) -> Iterator[Path]:
     """Yield a temporary path in the folder of ``final_path``; on success rename it to ``final_path``.
 
-    The body must create the file at the yielded path. On success it is ``fsync``-ed (if ``durable``) and moved
-    over ``final_path`` with :func:`os.replace` (atomic on POSIX and Windows within one filesystem). On any error
-    (including ``KeyboardInterrupt``) the temporary file is removed and the exception re-raised; ``final_path``
-    is left untouched. The parent folder is created if needed.
+    The body must create the file at the yielded path. On success it is ``fsync``-ed (if ``durable``), checked
+    (if ``verify``: re-read by its format, :func:`common.io.verify.verify_written_file`, since some writers return
+    normally on a full disk) and moved over ``final_path`` with :func:`os.replace` (atomic on POSIX and Windows
+    within one filesystem). On any error (including ``KeyboardInterrupt``) the temporary file is removed and the
+    exception re-raised; ``final_path`` is left untouched. The parent folder is created if needed.
 
     Args:
         final_path: where the finished file must end up.
         durable: ``fsync`` the file before and the folder after the rename, so that the new content survives a
             power loss. Costs a few milliseconds per file.
+        verify: re-read the written file before the rename (format by ``final_path``'s extension).
+        expected_size: bytes the body wrote, when known (then the size must match).
 
     Raises:
         FileNotFoundError: the body finished without creating the temporary file.
+        common.errors.OutputWriteError: the disk is full (``ENOSPC``/``EDQUOT`` from the writer or ``fsync``) or
+            the written file is incomplete or unreadable; the message names ``final_path``.
 
     Example::
 
@@ -115,11 +123,25 @@ def atomic_path(final_path: str | PathLike, durable: bool = True) -> Iterator[Pa
     final_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(final_path)
     try:
-        yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"{final_path}: nothing was written to the temporary file {tmp.name}")
-        if durable:
-            _fsync_file(tmp)
+        try:
+            yield tmp
+            if not tmp.exists():
+                raise FileNotFoundError(f"{final_path}: nothing was written to the temporary file {tmp.name}")
+            if durable:
+                _fsync_file(tmp)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            from common.errors import OutputWriteError
+            from common.io.verify import disk_space_hint
+
+            raise OutputWriteError(
+                final_path, f"could not be written: the disk is full ({disk_space_hint(final_path.parent)})"
+            ) from err
+        if verify:
+            from common.io.verify import verify_written_file
+
+            verify_written_file(tmp, str(final_path), expected_size)
         os.replace(tmp, final_path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -131,15 +153,16 @@ def atomic_path(final_path: str | PathLike, durable: bool = True) -> Iterator[Pa
 
 def atomic_write_bytes(path: str | PathLike, data: bytes, durable: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically; returns ``Path(path)``."""
-    with atomic_path(path, durable=durable) as tmp:
+    with atomic_path(path, durable=durable, expected_size=len(data)) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
 def atomic_write_text(path: str | PathLike, text: str, encoding: str = "utf-8", durable: bool = True) -> Path:
     """Write ``text`` to ``path`` atomically; returns ``Path(path)``."""
-    with atomic_path(path, durable=durable) as tmp:
-        tmp.write_text(text, encoding=encoding)
+    data = text.encode(encoding)
+    with atomic_path(path, durable=durable, expected_size=len(data)) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 
