@@ -17,6 +17,7 @@ Foreground intensity/texture differs from the background, so a small network can
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "make_monuseg_like",
     "make_msd_like",
     "make_synthetic_dataset",
+    "synthetic_generator",
 ]
 
 #: pattern cycle of :func:`make_monuseg_like` (case i of a release gets pattern (i + offset) % len)
@@ -450,23 +452,30 @@ def make_msd_like(
     return cases
 
 
-#: layout name -> generator (``tools/make_synthetic_data.py LAYOUT DST``)
-def _make_busi_like(dst: str | Path, **options: Any) -> list[Any]:
-    """:func:`common.data.synthetic_busi.make_busi_like` (imported lazily)."""
-    from common.data.synthetic_busi import make_busi_like
-
-    return make_busi_like(dst, **options)
-
-
-SYNTHETIC_LAYOUTS: dict[str, Callable[..., list[Any]]] = {
-    "monuseg": make_monuseg_like,
-    "msd": make_msd_like,
-    "busi": _make_busi_like,
+#: layout name -> ``"module:function"`` of its generator (``tools/make_synthetic_data.py LAYOUT DST``); imported on use
+SYNTHETIC_LAYOUTS: dict[str, str] = {
+    "monuseg": "common.data.synthetic:make_monuseg_like",
+    "msd": "common.data.synthetic:make_msd_like",
+    "busi": "common.data.synthetic_busi:make_busi_like",
+    "qata": "common.data.synthetic_qata:make_qata_like",
+    "cxr_lungs": "common.data.synthetic_cxr:make_cxr_lungs_like",
+    "kits21": "common.data.synthetic_ct:make_kits21_like",
+    "lits": "common.data.synthetic_ct:make_lits_like",
 }
 
 
-def make_synthetic_dataset(layout: str, dst: str | Path, **options: Any) -> list[Any]:
-    """Dispatch to the generator of ``layout`` (one of :data:`SYNTHETIC_LAYOUTS`)."""
+def synthetic_generator(layout: str) -> Callable[..., Any]:
+    """The generator of ``layout`` (one of :data:`SYNTHETIC_LAYOUTS`): ``generator(dst, **options)``.
+
+    Raises:
+        ValueError: an unknown layout, listing the known ones.
+    """
     if layout not in SYNTHETIC_LAYOUTS:
         raise ValueError(f"unknown synthetic layout {layout!r}; available: {sorted(SYNTHETIC_LAYOUTS)}")
-    return SYNTHETIC_LAYOUTS[layout](dst, **options)
+    module, name = SYNTHETIC_LAYOUTS[layout].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_synthetic_dataset(layout: str, dst: str | Path, **options: Any) -> Any:
+    """``synthetic_generator(layout)(dst, **options)``."""
+    return synthetic_generator(layout)(dst, **options)
