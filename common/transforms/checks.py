@@ -97,6 +97,36 @@ def _shape_str(shape: Sequence[int]) -> str:
     return str(tuple(int(s) for s in shape))
 
 
+def _kind_of(spatial_dims: int, name: str) -> str:
+    """``"2D image"``, ``"3D volume"`` (``"3D label volume"`` for a label), ``"4D array"``..."""
+    if spatial_dims == 2:
+        return f"2D {name}"
+    if spatial_dims == 3:
+        return "3D volume" if name == "image" else f"3D {name} volume"
+    return f"{spatial_dims}D {name} array"
+
+
+def _wrong_dims_message(shape: tuple[int, ...], spatial_dims: int, name: str) -> str:
+    """What was expected and what was found, reading ``shape`` as channel first (as every loader here gives it)."""
+    expected_axes = "[C, H, W]" if spatial_dims == 2 else "[C, H, W, D]" if spatial_dims == 3 else "[C, ...]"
+    found = len(shape) - 1
+    if found >= 2:
+        got = f"a {_kind_of(found, name)} of shape {_shape_str(shape)} (channel first)"
+    else:
+        got = f"an array of shape {_shape_str(shape)}"
+    hint = ""
+    if len(shape) == spatial_dims and shape[0] != 1:
+        hint = f"; if it is a {_kind_of(spatial_dims, name)} without its channel axis, load it with EnsureChannelFirstd"
+    elif spatial_dims == 3 and found == 2:
+        hint = "; this model segments 3D volumes: give it 3D files (e.g. NIfTI), or use a bundle for 2D images"
+    elif spatial_dims == 2 and found == 3:
+        hint = (
+            "; this model segments 2D images: give it 2D files (PNG/TIFF), or cut the volume into slices "
+            "(python -m common.data.converters msd_slices)"
+        )
+    return f"expected a {_kind_of(spatial_dims, name)} {expected_axes}, got {got}{hint}"
+
+
 def check_image_array(
     arr: np.ndarray | torch.Tensor,
     source: str | PathLike | None,
@@ -120,19 +150,7 @@ def check_image_array(
     """
     shape = tuple(arr.shape)
     if spatial_dims is not None and len(shape) != spatial_dims + 1:
-        axes = (
-            "[C, H, W]" if spatial_dims == 2 else "[C, H, W, D]" if spatial_dims == 3 else f"[C, {spatial_dims} axes]"
-        )
-        hint = ""
-        if len(shape) == spatial_dims:
-            hint = "; the channel axis is missing (add EnsureChannelFirstd after LoadImaged)"
-        elif len(shape) == spatial_dims + 2 and shape[0] == 1:
-            hint = "; it has an extra batch axis of size 1"
-        raise BadInputError(
-            source,
-            f"expected a {spatial_dims}D {name} with {spatial_dims} spatial dimensions, channel first {axes} "
-            f"({spatial_dims + 1} dims), got shape {_shape_str(shape)} ({len(shape)} dims){hint}",
-        )
+        raise BadInputError(source, _wrong_dims_message(shape, spatial_dims, name))
     if channels is not None and (len(shape) == 0 or shape[0] != channels):
         got = shape[0] if shape else "none"
         raise BadInputError(

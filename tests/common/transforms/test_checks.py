@@ -108,12 +108,33 @@ def test_wrong_spatial_dims_names_expected_and_got():
     e = _raises(
         lambda: check_image_array(np.zeros((64, 64, 32), np.float32), "ct_03.nii.gz", spatial_dims=3),
         "ct_03.nii.gz",
-        "expected a 3D image",
-        "(4 dims)",
-        "got shape (64, 64, 32) (3 dims)",
+        "expected a 3D volume [C, H, W, D]",
+        "shape (64, 64, 32)",
+        "without its channel axis",
         "EnsureChannelFirstd",
     )
     assert e.source == "ct_03.nii.gz"
+
+
+def test_a_2d_image_for_a_3d_model_and_a_volume_for_a_2d_model_are_called_what_they_are():
+    """Loaded channel first, a 2D PNG is (1, H, W) and a NIfTI volume (1, H, W, D): the message says so (it used to
+    blame a missing channel axis, or an extra batch axis)."""
+    e = _raises(
+        lambda: check_image_array(np.zeros((1, 300, 200), np.float32), "slice.png", spatial_dims=3),
+        "slice.png",
+        "expected a 3D volume",
+        "got a 2D image of shape (1, 300, 200)",
+        "give it 3D files",
+    )
+    assert "channel axis" not in str(e) and "batch axis" not in str(e)
+    e = _raises(
+        lambda: check_image_array(np.zeros((1, 32, 30, 28), np.float32), "ct.nii.gz", spatial_dims=2),
+        "ct.nii.gz",
+        "expected a 2D image",
+        "got a 3D volume of shape (1, 32, 30, 28)",
+        "msd_slices",
+    )
+    assert "batch axis" not in str(e)
 
 
 def test_wrong_channels_names_expected_and_got():
