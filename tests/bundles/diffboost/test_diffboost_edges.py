@@ -127,7 +127,8 @@ def test_paper_scale_configs_default_to_hed_and_stop_when_the_weights_are_missin
         "_target_": "scripts.edge_weights.require_hed_weights",
         "path": "@hed_weights",
     }
-    assert parser["initialize"][0] == "$@hed_weights_check"  # checked before anything is loaded
+    # checked before anything is loaded (after the error report is installed)
+    assert parser["initialize"][:2] == ["$error_report.install()", "$@hed_weights_check"]
     if stage == "train_controlnet.json":  # also when multi_gpu_train.json replaces `initialize` (torchrun)
         assert parser["train"]["trainer"]["_requires_"] == "@hed_weights_check"
     edge_weights = _edge_weights_module()

@@ -244,7 +244,7 @@ def test_bad_inputs_have_clear_messages(tmp_path, data):
     p = _parser(["inference.json", "demo.json"], data)
     pre = p.get_parsed_content("preprocessing")
     msg = _bad_input(pre, {"image": str(flat), "case_id": "flat", "text": "x"})
-    assert "flat.nii.gz" in msg and "expected a 3D image" in msg
+    assert "flat.nii.gz" in msg and "expected a 3D volume" in msg
     net = p.get_parsed_content("network_def")
     with pytest.raises(BadInputError, match="a 2D image was given"):
         p.get_parsed_content("inferer")(torch.rand(1, 1, 24, 24), net)

@@ -232,15 +232,15 @@ def test_report_all_nan_metric_gives_null_statistics(tmp_path):
 
 def test_atomic_write_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
     target = tmp_path / "x.json"
-    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b'"old"')  # a .json file is re-read as JSON before it counts
 
     def broken_replace(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        atomic_write_bytes(target, b"new")
-    assert target.read_bytes() == b"old"
+        atomic_write_bytes(target, b'"new"')
+    assert target.read_bytes() == b'"old"'
     assert os.listdir(tmp_path) == ["x.json"]
 
 
