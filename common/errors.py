@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from os import PathLike
 from typing import Any
 
-__all__ = ["BadInputError", "OutputWriteError", "find_bad_input_error", "format_list", "short_message"]
+__all__ = ["BadInputError", "OutputWriteError", "find_bad_input_error", "find_error", "format_list", "short_message"]
 
 MAX_LISTED = 5  # how many offending keys/values a message lists
 
@@ -48,11 +48,20 @@ class OutputWriteError(OSError):
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
 
-    def __str__(self) -> str:
-        return f"{self.source}: {self.problem}"
-
     def __reduce__(self):  # keep picklable across DataLoader workers
         return (type(self), (self.source, self.problem))
+
+
+def find_error(exc: BaseException | None, kinds: type | tuple[type, ...]) -> BaseException | None:
+    """The first exception of type ``kinds`` in ``exc`` or its ``__cause__``/``__context__`` chain, outermost first
+    (``None`` if absent)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kinds):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def find_bad_input_error(exc: BaseException | None) -> BadInputError | None:
@@ -60,13 +69,7 @@ def find_bad_input_error(exc: BaseException | None) -> BadInputError | None:
 
     MONAI's ``Compose``/``Dataset`` wrap transform errors in ``RuntimeError``; use this to report the real problem.
     """
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, BadInputError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return find_error(exc, BadInputError)
 
 
 def format_list(items: Sequence[Any], limit: int = MAX_LISTED) -> str:

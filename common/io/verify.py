@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import struct
 import zipfile
@@ -33,6 +32,7 @@ from os import PathLike
 from pathlib import Path
 
 from common.errors import OutputWriteError
+from common.io.atomic import _split_extension
 
 __all__ = ["verify_written_file", "disk_space_hint"]
 
@@ -106,13 +106,6 @@ def _check_gzip(path: Path) -> None:
             pass
 
 
-def _final_extension(name: str) -> str:
-    lower = name.lower()
-    if lower.endswith(".nii.gz"):
-        return ".nii.gz"
-    return os.path.splitext(lower)[1]
-
-
 def verify_written_file(path: str | PathLike, final_name: str | None = None, expected_size: int | None = None) -> None:
     """Raise :class:`~common.errors.OutputWriteError` unless the file at ``path`` is complete and readable.
 
@@ -133,7 +126,7 @@ def verify_written_file(path: str | PathLike, final_name: str | None = None, exp
             raise ValueError("is empty")
         if expected_size is not None and size != expected_size:
             raise ValueError(f"is {size} bytes, {expected_size} were written")
-        ext = _final_extension(shown.name)
+        ext = _split_extension(shown.name)[1].lower()
         if ext in _IMAGE_EXTENSIONS:
             _check_image(path, ext)
         elif ext in (".nii", ".nii.gz"):

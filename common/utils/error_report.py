@@ -24,7 +24,7 @@ import sys
 import traceback
 from types import TracebackType
 
-from common.errors import BadInputError, OutputWriteError, short_message
+from common.errors import BadInputError, OutputWriteError, find_error, short_message
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_OUTPUT_WRITE", "EXIT_BUG", "install", "last_line", "exit_code"]
 
@@ -35,13 +35,7 @@ EXIT_OUTPUT_WRITE = 3
 
 def _user_error(exc: BaseException) -> BaseException | None:
     """The first ``BadInputError`` / ``OutputWriteError`` of ``exc``'s chain, the outermost first."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, (BadInputError, OutputWriteError)):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return find_error(exc, (BadInputError, OutputWriteError))
 
 
 def exit_code(exc: BaseException) -> int:
