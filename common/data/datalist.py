@@ -218,6 +218,7 @@ def load_datalist(
     if not entries and not allow_empty:
         raise BadInputError(path, f"split {split!r} is empty")
     base = path.resolve().parent
+    missing: list[str] = []
     for entry in entries:
         for key in ("image", "label"):
             if key in entry:
@@ -225,9 +226,12 @@ def load_datalist(
                 if check_files:
                     for p in entry[key] if isinstance(entry[key], list) else [entry[key]]:
                         if not os.path.isfile(p):
-                            raise BadInputError(
-                                path, f"split {split!r}, case {entry['case_id']!r}: {key} file not found: {p}"
-                            )
+                            missing.append(f"case {entry['case_id']!r}: {key} file not found: {p}")
+    if len(missing) == 1:
+        raise BadInputError(path, f"split {split!r}, {missing[0]}")
+    if missing:  # every missing file in one message (a moved folder is one fix, not one rerun per case)
+        shown = "; ".join(missing[:20]) + (f"; ... {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise BadInputError(path, f"split {split!r}: {len(missing)} files not found: {shown}")
     return entries
 
 

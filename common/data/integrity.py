@@ -28,11 +28,25 @@ from typing import Any
 
 from common.errors import BadInputError, find_bad_input_error, short_message
 
-__all__ = ["CaseProblem", "IntegrityReport", "check_dataset", "checks_of", "require_valid_dataset"]
+__all__ = [
+    "STAGE_KEYS",
+    "CaseProblem",
+    "IntegrityReport",
+    "check_dataset",
+    "checks_of",
+    "require_valid_dataset",
+    "verify_bundle_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
 EMPTY_MASK = "label has no foreground (every voxel is background)"
+
+#: config ids of a run's data and preprocessing, per stage: what ``initialize`` hands :func:`require_valid_dataset`
+STAGE_KEYS: dict[str, tuple[str, str, bool]] = {
+    "train": ("train#data", "train#preprocessing", True),
+    "inference": ("dataset#data", "preprocessing", False),
+}
 
 
 @dataclass(frozen=True)
@@ -206,3 +220,55 @@ def require_valid_dataset(
             f"{first.case_id!r}, {first.source}: {first.problem}",
         )
     return report
+
+
+def verify_bundle_dataset(
+    bundle_dir: str | os.PathLike,
+    datalist: str | os.PathLike,
+    configs: Sequence[str] = (),
+    stage: str = "train",
+    overrides: Mapping[str, Any] | None = None,
+    num_workers: int | None = None,
+) -> IntegrityReport:
+    """:func:`require_valid_dataset` of a bundle's ``stage`` on ``datalist`` without running anything else (what
+    ``tools/verify_dataset.py`` does): the config is the bundle's ``train.json`` or ``inference.json`` with
+    ``configs`` (overlay file names under its ``configs/`` or paths) merged on top, as ``monai.bundle run`` stacks
+    them; only the data list and the preprocessing are built (no network, no dataset cache).
+
+    Args:
+        bundle_dir: the bundle folder (``bundles/<name>`` or a packaged bundle).
+        datalist: the datalist JSON to check (``dataset_dir`` becomes its folder).
+        configs: overlays (e.g. ``["qata.json"]``, ``["demo.json"]``).
+        stage: ``"train"`` (``train#data``) or ``"inference"`` (``dataset#data``).
+        overrides: further ``{config id: value}`` (as ``--key value`` on the command line).
+
+    Raises:
+        BadInputError: as :func:`require_valid_dataset` (exit code 2 from the command line).
+    """
+    from pathlib import Path
+
+    from common.utils.bundles import bundle_scripts
+    from monai.bundle import ConfigParser
+
+    if stage not in STAGE_KEYS:
+        raise ValueError(f"stage must be one of {sorted(STAGE_KEYS)}, got {stage!r}")
+    data_id, preprocessing_id, training = STAGE_KEYS[stage]
+    bundle_dir, datalist = Path(bundle_dir).resolve(), Path(datalist).resolve()
+    if not datalist.is_file():
+        raise BadInputError(str(datalist), "no such datalist file")
+    files = [bundle_dir / "configs" / ("train.json" if training else "inference.json")]
+    files += [Path(c) if Path(c).is_file() else bundle_dir / "configs" / c for c in configs]
+    for f in files:
+        if not f.is_file():
+            raise BadInputError(str(f), "no such config file")
+    with bundle_scripts(str(bundle_dir)):  # an absolute folder is used as it is
+        parser = ConfigParser()
+        parser.read_config([str(f) for f in files])
+        parser.update({"bundle_root": str(bundle_dir), "dataset_dir": str(datalist.parent), "datalist": str(datalist)})
+        parser.update(dict(overrides or {}))
+        entries = parser.get_parsed_content(data_id)
+        preprocessing = parser.get_parsed_content(preprocessing_id)
+        allow_empty = bool(parser.get("allow_empty_masks", False))
+        return require_valid_dataset(
+            entries, preprocessing, str(datalist), allow_empty, training=training, num_workers=num_workers
+        )

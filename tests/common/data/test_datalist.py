@@ -195,3 +195,16 @@ def test_kfold_matches_sklearn_kfold_without_shuffle() -> None:
         kfold_splits(["a", "b"], 1)
     with pytest.raises(BadInputError, match="duplicate"):
         kfold_splits(["a", "a", "b"], 2)
+
+
+def test_every_missing_file_of_a_split_is_named_at_once(tmp_path: Path) -> None:
+    _make_files(tmp_path, ["a", "b"])
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(_doc()))
+    (tmp_path / "images" / "a.png").unlink()
+    (tmp_path / "labels" / "b.png").unlink()
+    with pytest.raises(BadInputError) as err:
+        load_datalist(path, "training")
+    message = str(err.value)
+    assert "split 'training': 2 files not found" in message
+    assert "case 'a': image file not found" in message and "case 'b': label file not found" in message
