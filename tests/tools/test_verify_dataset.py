@@ -92,3 +92,26 @@ def test_command_line_exit_codes_and_last_line(demo_datalists, tmp_path):
     )
     assert unknown.returncode == 2 and "nosuch: not a bundle folder" in unknown.stderr.strip().splitlines()[-1]
     json.loads(datalist.read_text())  # the check never rewrites the datalist
+
+
+def test_textdiffseg_label_values_outside_the_classes_name_the_file(demo_datalists, tmp_path):
+    """Issue 13 defect 4: a value outside the dataset's classes (and its label_orig mapping) is refused up front,
+    with class prompts (the demo) and without, naming the label file and the value."""
+    import nibabel as nib
+
+    datalist = _copy(demo_datalists["msd"], tmp_path / "data")
+    label = _first_training_label(datalist)
+    img = nib.load(str(label))
+    data = np.asarray(img.dataobj).astype(np.uint8)
+    data[data > 0] = 5
+    nib.save(nib.Nifti1Image(data, img.affine), str(label))
+    for overrides in ({}, {"class_prompts": []}):
+        with pytest.raises(BadInputError) as info:
+            verify_bundle_dataset("bundles/textdiffseg", datalist, ["demo.json"], overrides=overrides)
+        message = str(info.value)
+        assert f"{label}: " in message and "[5]" in message, message
+    # a label_orig mapping makes its source values valid (MSD Pancreas' 2 -> 1 style merge)
+    report = verify_bundle_dataset(
+        "bundles/textdiffseg", datalist, ["demo.json"], overrides={"label_orig": [5], "label_target": [1]}
+    )
+    assert report.ok
