@@ -11,6 +11,10 @@ A ``fingerprint`` (e.g. :meth:`scripts.diffusion_features.DiffusionFeatureExtrac
 settings) is stored in ``<folder>/fingerprint.json``; opening a cache built with other settings raises
 :class:`~common.errors.BadInputError` instead of serving stale features.
 
+Entries are keyed by the content of the network input, not by the case id alone (:meth:`FeatureCache.entry_key`:
+``<case_id>-<hash of the input tensor>@<draw>``): when the image behind a case id changes (re-exported, corrected,
+another dataset under the same ids), its features are computed anew instead of being served stale.
+
 Not valid with random augmentation of the input (the cached features are those of the un-augmented image).
 """
 
@@ -45,7 +49,8 @@ class FeatureCache:
     Example::
 
         cache = FeatureCache("cache/textdiff", fingerprint=extractor.fingerprint())
-        feats = cache.get(case_id) or cache.put(case_id, [f[0] for f in extractor(x)])
+        key = cache.entry_key(case_id, x[0])
+        feats = cache.get(key) or cache.put(key, [f[0] for f in extractor(x)])
     """
 
     def __init__(self, folder: str | PathLike, fingerprint: str, dtype: str = "float32", mmap: bool = True) -> None:
@@ -73,6 +78,16 @@ class FeatureCache:
                 )
         else:
             atomic_write_json(meta_path, meta)
+
+    @staticmethod
+    def entry_key(case_id: str, tensor: torch.Tensor, draw: int = 0) -> str:
+        """``<case_id>-<16 hex digits>@<draw>``: the digest (BLAKE2b) covers ``tensor``'s dtype, shape and values, so
+        another image under the same case id is another entry. About 1 ms per 3 x 256 x 256 float32 input."""
+        array = tensor.detach().to("cpu").contiguous().numpy()
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(f"{array.dtype}{tuple(array.shape)}".encode())
+        digest.update(array.tobytes())
+        return f"{case_id}-{digest.hexdigest()}@{int(draw)}"
 
     def _dir(self, key: str) -> Path:
         name = _SAFE.sub("_", str(key))

@@ -44,7 +44,7 @@ class TextGuidedFeatureInferer(SamplingInferer):
         num_samples: K noise draws averaged at inference (1 = the paper).
         output: ``"logits"`` (training) or ``"probabilities"`` (inference).
         return_uncertainty: append the variance over the draws of p(foreground) as channel 2 (probabilities only).
-        feature_cache: optional :class:`~scripts.feature_cache.FeatureCache` keyed by ``<case_id>@<draw>``.
+        feature_cache: optional :class:`~scripts.feature_cache.FeatureCache` keyed by case id, input content and draw.
         use_text: False for the text-free ablation (zeta_1).
 
     Shapes: ``image`` (B, 3, S, S) in [-1, 1] -> (B, 2, S, S) logits / probabilities, or (B, 3, S, S) with the
@@ -89,12 +89,13 @@ class TextGuidedFeatureInferer(SamplingInferer):
         cache = self.feature_cache
         if cache is None or case_ids is None:
             return self.feature_extractor(image, noise_index=draw)
-        per_case: list[list[torch.Tensor] | None] = [cache.get(f"{c}@{draw}") for c in case_ids]
+        keys = [cache.entry_key(c, image[i], draw) for i, c in enumerate(case_ids)]  # by content: never stale
+        per_case: list[list[torch.Tensor] | None] = [cache.get(k) for k in keys]
         todo = [i for i, f in enumerate(per_case) if f is None]
         if todo:
             fresh = self.feature_extractor(image[todo], noise_index=draw)
             for j, i in enumerate(todo):
-                per_case[i] = cache.put(f"{case_ids[i]}@{draw}", [f[j] for f in fresh])
+                per_case[i] = cache.put(keys[i], [f[j] for f in fresh])
         return [torch.stack([pc[k] for pc in per_case]).to(image.device) for k in range(len(per_case[0]))]
 
     def _logits(

@@ -209,6 +209,12 @@ def test_inferer_text_default_uncertainty_and_cache(tmp_path, extractor):
     second = cached(image, head, texts=["a", "b"], case_ids=["c1", "c2"])
     assert cache.misses == 2 and cache.hits == 2
     assert torch.allclose(first, logits, atol=1e-5) and torch.allclose(second, logits, atol=1e-5)
+    # issue 13 defect 2: other images under the same case ids get their own features, not the stored ones
+    other = -image
+    changed = cached(other, head, texts=["a", "b"], case_ids=["c1", "c2"])
+    assert cache.misses == 4 and cache.hits == 2
+    expected = TextGuidedFeatureInferer(extractor, FakeTextEncoder(), output="logits")(other, head, texts=["a", "b"])
+    assert torch.allclose(changed, expected, atol=1e-5) and not torch.allclose(changed, first, atol=1e-3)
 
 
 def test_training_the_head_lowers_the_loss(extractor):
