@@ -50,12 +50,13 @@ from common.training.checkpoint import (
 )
 from common.training.distributed import is_distributed, process_rank
 from common.training.rng import RNGState
+from common.training.run_lock import RunLock
 from ignite.engine import Engine, Events
 
 __all__ = ["ResumableCheckpointer", "RESERVED_KEYS", "training_data_fingerprint"]
 
 #: top-level checkpoint keys written by the handler itself; ``save_dict`` must not use them.
-RESERVED_KEYS = ("format", "epoch", "iteration", "engine", "rng", "data")
+RESERVED_KEYS = ("format", "epoch", "iteration", "engine", "rng", "data", "settings")
 
 
 class ResumableCheckpointer:
@@ -82,8 +83,8 @@ class ResumableCheckpointer:
         n_saved: how many checkpoints to keep (oldest deleted; counts files of earlier runs too).
         rng_sources: extra datasets/loaders/transform chains whose random transforms are captured, in addition
             to the attached engine's data loader; ``None`` for none.
-        resume: load the newest checkpoint at start; ``False`` starts from scratch (existing checkpoints are then
-            pruned/overwritten as training proceeds).
+        resume: load the newest checkpoint at start; ``False`` starts a new run from scratch (the checkpoints
+            already in the folder are moved to ``<checkpoint_dir>/previous_run_<k>/`` first: nothing is deleted).
         capture_rng: save/restore random generator states (needed for exact resume).
         file_prefix: checkpoint file name prefix (``checkpoint_epoch=3.pt``).
         final_model_path: if given, at completion also write the flat state dict of ``final_model_key`` here
@@ -96,6 +97,13 @@ class ResumableCheckpointer:
             one: the earlier checkpoints are moved to ``<checkpoint_dir>/previous_run_<k>/`` (nothing is deleted)
             and the networks keep the weights they were given (MONAI Label's ``CheckpointLoader`` of
             ``models/model.pt``). ``False`` resumes regardless of the data.
+        settings: ``{name: value}`` of the run's settings that a resumed run must share (learning rates, batch
+            size, seed, ...; JSON-able values). Stored in every checkpoint; at resume, a checkpoint whose stored
+            settings differ raises :class:`~common.errors.BadInputError` naming each differing key with both values
+            (an optimizer's state would otherwise silently bring back the old learning rate). Keys the checkpoint does
+            not have are not compared; ``max_epochs`` belongs outside (raising it is how a finished run continues).
+        lock: take :class:`~common.training.run_lock.RunLock` on ``checkpoint_dir`` at start (writing rank only): a
+            second training on the same folder stops with an error naming the first one's process.
         strict: networks must match the checkpoint keys exactly (shape mismatches are always errors).
         map_location: ``torch.load`` map location (default CPU; tensors are copied to the objects' devices).
         save_on_rank: the distributed rank that writes files.
@@ -126,6 +134,8 @@ class ResumableCheckpointer:
         save_on_rank: int = 0,
         name: str | None = None,
         restart_on_new_data: bool = True,
+        settings: Mapping[str, Any] | None = None,
+        lock: bool = True,
     ) -> None:
         if not save_dict:
             raise ValueError("ResumableCheckpointer: save_dict must name at least one object to save")
@@ -150,6 +160,8 @@ class ResumableCheckpointer:
         self.map_location = map_location
         self.save_on_rank = save_on_rank
         self.restart_on_new_data = bool(restart_on_new_data)
+        self.settings = None if settings is None else {str(k): _canonical(v) for k, v in settings.items()}
+        self._lock = RunLock(self.checkpoint_dir) if lock else None
         self._name = name
         self.logger = logging.getLogger(name)
         self.rng: RNGState | None = None
@@ -181,13 +193,22 @@ class ResumableCheckpointer:
     # ------------------------------------------------------------------------------------------------ events
     def _on_started(self, engine: Engine) -> None:
         if process_rank() == self.save_on_rank:
+            if self._lock is not None:  # before anything in the folder is read, removed or written
+                self._lock.acquire()
             for p in remove_stale_temp_files(self.checkpoint_dir, self.file_prefix):
                 self.logger.warning(f"removed the temporary file of an interrupted checkpoint save: {p}")
         # run the periodic save after every other end-of-epoch handler (validation, LR step, ...)
         engine.remove_event_handler(self._on_epoch_completed, Events.EPOCH_COMPLETED)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_completed)
         if self.resume:
-            self._resume(engine)
+            try:
+                self._resume(engine)
+            except BaseException:
+                if self._lock is not None:
+                    self._lock.release()
+                raise
+        else:
+            self._archive_previous_run("resume is false: a new run starts from scratch")
         if self._pending_rng is not None:
             # appended to the STARTED list being fired: runs after every other STARTED handler; the
             # EPOCH_STARTED guard covers the case where another handler replaced that list meanwhile.
@@ -227,6 +248,8 @@ class ResumableCheckpointer:
             target = unwrap_stateful(self.save_dict[self.final_model_key])
             atomic_torch_save(target.state_dict(), self.final_model_path)
             self.logger.info(f"Saved the final {self.final_model_key!r} weights to {self.final_model_path}")
+        if self._lock is not None:
+            self._lock.release()
 
     # ------------------------------------------------------------------------------------------------ save
     def checkpoint_path(self, epoch: int) -> Path:
@@ -244,6 +267,8 @@ class ResumableCheckpointer:
         data = training_data_fingerprint(engine)
         if data is not None:
             state["data"] = data
+        if self.settings is not None:
+            state["settings"] = dict(self.settings)
         return state
 
     def save(self, engine: Engine) -> Path | None:
@@ -275,6 +300,18 @@ class ResumableCheckpointer:
             torch.distributed.barrier()
         if not changed:
             return False
+        self._archive_previous_run(
+            f"{path}: that run trained on other data ({then.get('cases')} case(s), now {now and now['cases']}): "
+            "starting a new run instead of resuming it"
+        )
+        return True
+
+    def _archive_previous_run(self, reason: str) -> Path | None:
+        """Move the folder's checkpoints to ``previous_run_<k>/`` (writing rank; nothing is deleted) and log
+        ``reason``; returns the archive folder, ``None`` when there was nothing to move."""
+        found = list_checkpoints(self.checkpoint_dir, self.file_prefix)
+        if not found:
+            return None
         archive = None
         if process_rank() == self.save_on_rank:
             k = 1
@@ -282,14 +319,25 @@ class ResumableCheckpointer:
                 k += 1
             archive = self.checkpoint_dir / f"previous_run_{k}"
             archive.mkdir()
-            for _, old in list_checkpoints(self.checkpoint_dir, self.file_prefix):
+            for _, old in found:
                 shutil.move(str(old), str(archive / old.name))
-        self.logger.warning(
-            f"{path}: that run trained on other data ({then.get('cases')} case(s), now {now and now['cases']}): "
-            "starting a new "
-            f"run instead of resuming it" + (f"; its checkpoints were moved to {archive}" if archive else "")
-        )
-        return True
+        self.logger.warning(reason + (f"; the earlier checkpoints were moved to {archive}" if archive else ""))
+        return archive
+
+    def _check_settings(self, path: Path, ckpt: Mapping[str, Any]) -> None:
+        """Raise when the checkpoint's stored settings differ from this run's (names every differing key)."""
+        stored = ckpt.get("settings")
+        if self.settings is None or not isinstance(stored, Mapping):
+            return
+        differ = [k for k in self.settings if k in stored and stored[k] != self.settings[k]]
+        if differ:
+            changes = ", ".join(f"{k}: {stored[k]!r} in the checkpoint, {self.settings[k]!r} now" for k in differ)
+            raise BadInputError(
+                path,
+                f"this run's settings differ from the checkpoint's ({changes}); resuming would mix them (the "
+                "optimizer state brings back the old values). Set them back to resume, or set resume false to start "
+                "a new run (the earlier checkpoints are then moved to previous_run_<k>/, nothing is deleted)",
+            )
 
     def _load_newest(self) -> tuple[Path, dict] | None:
         found = list_checkpoints(self.checkpoint_dir, self.file_prefix)
@@ -319,6 +367,7 @@ class ResumableCheckpointer:
         path, ckpt = loaded
         if self.restart_on_new_data and self._data_changed(engine, path, ckpt):
             return
+        self._check_settings(path, ckpt)
         epoch = int(ckpt["epoch"])
         prior_max_epochs, prior_max_iters = engine.state.max_epochs, engine.state.max_iters
         if prior_max_epochs is not None and epoch > prior_max_epochs:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from common.training.run_lock import LOCK_FILENAME
 from common.utils.bundles import BUNDLES_DIR, bundle_run_command, bundle_run_env, bundle_run_paths, bundle_scripts
 
 pytestmark = pytest.mark.slow
@@ -229,7 +230,8 @@ def test_torchrun_two_ranks_train(case: BundleCase, demo_datalists: dict[str, Pa
     assert len(rank_lines(text, 0, r"Saved checkpoint .*checkpoint_epoch=1\.pt")) == 1
     assert not rank_lines(text, 1, r"Saved checkpoint|Saved the final"), "rank 1 wrote a checkpoint"
     models = out / "models"
-    expected = {f"{case.checkpoint_subdir}/checkpoint_epoch=1.pt", case.final_model, *case.extra_models}
+    expected = {f"{case.checkpoint_subdir}/{n}" for n in ("checkpoint_epoch=1.pt", LOCK_FILENAME)}  # rank 0's lock
+    expected |= {case.final_model, *case.extra_models}
     assert {f for f in all_files(models) if not f.startswith(case.ignored_outputs)} == expected
     ckpt = torch.load(models / case.checkpoint_subdir / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1
