@@ -23,9 +23,10 @@ import errno
 import json
 import os
 import secrets
-from collections.abc import Iterator
+import shutil
 from os import PathLike
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 __all__ = [
@@ -90,10 +91,50 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
+#: what torch's zip writer (``caffe2::serialize::PyTorchStreamWriter``) raises when a write fails (a full disk):
+#: a ``RuntimeError`` without errno, e.g. ``[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598``
+_TORCH_WRITER_FAILURES = ("inline_container.cc", "PytorchStreamWriter failed", "file write failed", "unexpected pos")
+
+
+def _write_failure(err: BaseException, folder: Path, needed: int | None) -> str | None:
+    """Why writing into ``folder`` failed, when ``err`` says a write did not reach the disk (``None`` otherwise)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = True
+    elif isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_WRITER_FAILURES):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
+        full = free is not None and free < max(needed or 0, 1 << 20)
+        if not full:
+            return f"could not be written (the writer failed: {' '.join(str(err).split())[:200]})"
+    else:
+        return None
+    from common.io.verify import disk_space_hint
+
+    need = f"needs about {needed / 1e6:.1f} MB, " if needed else ""
+    return f"could not be written: the disk is full ({need}{disk_space_hint(folder)}); free space or write elsewhere"
+
+
+def _drop_frames(err: BaseException) -> None:
+    """Clear the tracebacks of ``err`` and its ``__cause__`` / ``__context__`` chain (their messages stay)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        if current.__cause__ is not None:
+            _drop_frames(current.__cause__)
+        current = current.__context__
+
+
 def atomic_path(
-    final_path: str | PathLike, durable: bool = True, verify: bool = True, expected_size: int | None = None
-) -> Iterator[Path]:
+    final_path: str | PathLike,
+    durable: bool = True,
+    verify: bool = True,
+    expected_size: int | None = None,
+    size_hint: int | None = None,
+) -> AtomicPath:
     """Yield a temporary path in the folder of ``final_path``; on success rename it to ``final_path``.
 
     The body must create the file at the yielded path. On success it is ``fsync``-ed (if ``durable``), checked
@@ -108,47 +149,96 @@ def atomic_path(
             power loss. Costs a few milliseconds per file.
         verify: re-read the written file before the rename (format by ``final_path``'s extension).
         expected_size: bytes the body wrote, when known (then the size must match).
+        size_hint: about how many bytes the file needs, when known (named in the full-disk message).
 
     Raises:
         FileNotFoundError: the body finished without creating the temporary file.
-        common.errors.OutputWriteError: the disk is full (``ENOSPC``/``EDQUOT`` from the writer or ``fsync``) or
-            the written file is incomplete or unreadable; the message names ``final_path``.
+        common.errors.OutputWriteError: the disk is full (``ENOSPC``/``EDQUOT`` from the writer or ``fsync``, or
+            torch's zip writer failing) or the written file is incomplete or unreadable; the message names
+            ``final_path``, the space it needs (``size_hint``) and the space left.
 
     Example::
 
         with atomic_path("out/report.csv") as tmp:
             write_csv(tmp)
     """
-    final_path = Path(final_path)
-    final_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(final_path)
-    try:
-        try:
-            yield tmp
-            if not tmp.exists():
-                raise FileNotFoundError(f"{final_path}: nothing was written to the temporary file {tmp.name}")
-            if durable:
-                _fsync_file(tmp)
-        except OSError as err:
-            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            from common.errors import OutputWriteError
-            from common.io.verify import disk_space_hint
+    return AtomicPath(final_path, durable, verify, expected_size, size_hint)
 
-            raise OutputWriteError(
-                final_path, f"could not be written: the disk is full ({disk_space_hint(final_path.parent)})"
-            ) from err
-        if verify:
+
+class AtomicPath:
+    """The context manager of :func:`atomic_path` (a class rather than a generator, so that no frame of it keeps a
+    failed writer -- and the open temporary file -- alive after the error: see :meth:`__exit__`)."""
+
+    def __init__(
+        self,
+        final_path: str | PathLike,
+        durable: bool = True,
+        verify: bool = True,
+        expected_size: int | None = None,
+        size_hint: int | None = None,
+    ) -> None:
+        self.final_path = Path(final_path)
+        self.durable = durable
+        self.verify = verify
+        self.expected_size = expected_size
+        self.size_hint = size_hint
+        self.tmp = temp_path_for(self.final_path)
+
+    def __enter__(self) -> Path:
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        return self.tmp
+
+    def _discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+    def _write_error(self, err: BaseException) -> BaseException | None:
+        """The :class:`~common.errors.OutputWriteError` for a write that did not reach the disk, else ``None``."""
+        if not isinstance(err, (OSError, RuntimeError)):
+            return None
+        problem = _write_failure(err, self.final_path.parent, self.size_hint or self.expected_size)
+        if problem is None:
+            return None
+        from common.errors import OutputWriteError
+
+        # the error's frames hold the writer and its open temporary file: drop them, so that the file is closed and
+        # its space given back once removed (a long-running process, e.g. a MONAI Label server, keeps going)
+        _drop_frames(err)
+        return OutputWriteError(self.final_path, problem)
+
+    def _commit(self) -> None:
+        if not self.tmp.exists():
+            raise FileNotFoundError(f"{self.final_path}: nothing was written to the temporary file {self.tmp.name}")
+        if self.durable:
+            try:
+                _fsync_file(self.tmp)
+            except OSError as err:
+                converted = self._write_error(err)
+                if converted is None:
+                    raise
+                raise converted from err
+        if self.verify:
             from common.io.verify import verify_written_file
 
-            verify_written_file(tmp, str(final_path), expected_size)
-        os.replace(tmp, final_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    if durable:
-        _fsync_dir(final_path.parent)
+            verify_written_file(self.tmp, str(self.final_path), self.expected_size)
+        os.replace(self.tmp, self.final_path)
+        if self.durable:
+            _fsync_dir(self.final_path.parent)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        del tb  # a local of this frame would keep the failed writer's frames alive
+        if exc is None:
+            try:
+                self._commit()
+            except BaseException:
+                self._discard()
+                raise
+            return False
+        self._discard()
+        converted = self._write_error(exc)
+        if converted is None:
+            return False  # the body's own error propagates unchanged
+        raise converted from exc
 
 
 def atomic_write_bytes(path: str | PathLike, data: bytes, durable: bool = True) -> Path:
@@ -183,6 +273,19 @@ def atomic_torch_save(obj: Any, path: str | PathLike, durable: bool = True) -> P
     """
     import torch
 
-    with atomic_path(path, durable=durable) as tmp:
+    with atomic_path(path, durable=durable, size_hint=_tensor_bytes(obj)) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts/lists/tuples): about the size of its ``torch.save`` file."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.element_size() * obj.nelement()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0

@@ -155,6 +155,47 @@ def _infer(bundle: str, datalist: Path, work: Path, output: Path) -> subprocess.
     return subprocess.run(cmd, cwd=BUNDLES_DIR / bundle, env=bundle_run_env(), capture_output=True, text=True)
 
 
+def test_a_checkpoint_on_a_full_disk_names_the_file_and_the_space_it_needs(tmp_path):
+    """Issue 13 defect 9: torch's zip writer fails on a full disk with ``RuntimeError: [enforce fail at
+    inline_container.cc...] unexpected pos`` (no file, no errno); the training's checkpoint save must say which file
+    and how much space it needs, leave no temporary file and keep the previous checkpoint."""
+    from common.training import ResumableCheckpointer, checkpoint_filename
+    from ignite.engine import Engine
+
+    disk = Path("/tmp") / f"full-ckpt-{uuid.uuid4().hex[:8]}"
+    if not _mount_tmpfs(disk, 384):
+        disk.rmdir()
+        pytest.skip("a real full disk needs root to mount a small tmpfs")
+    try:
+        net = torch.nn.Linear(256, 256)  # 257 KiB of weights: the first checkpoint fits, the second one does not
+        engine = Engine(lambda e, b: None)
+        handler = ResumableCheckpointer(disk, {"model": net}, capture_rng=False, n_saved=5, lock=False)
+        handler.attach(engine)
+        with pytest.raises(OutputWriteError) as info:
+            engine.run([0], max_epochs=3)
+        message = str(info.value)
+        assert message.startswith(f"{disk / checkpoint_filename(2)}: could not be written: the disk is full")
+        assert "needs about 0.3 MB" in message and "free on its disk" in message
+        assert sorted(p.name for p in disk.iterdir()) == [checkpoint_filename(1)]
+        verify_written_file(disk / checkpoint_filename(1))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+        disk.rmdir()
+
+
+def test_torch_writer_failure_with_room_on_the_disk_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    from common.io.atomic import atomic_torch_save
+
+    def failing(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(OutputWriteError, match="could not be written \\(the writer failed: .*unexpected pos"):
+        atomic_torch_save({"w": torch.zeros(4)}, tmp_path / "model.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", ["cdal", "textdiff"])
 def test_inference_on_a_full_disk_exits_3_naming_the_file(bundle, demo_datalists, tmp_path):
