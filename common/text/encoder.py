@@ -17,9 +17,11 @@ Loading ``name_or_path``:
 
 - an existing local folder (``config.json``, tokenizer files, weights, e.g. written by ``save_pretrained``) is loaded
   with ``local_files_only=True``;
-- a Hugging Face model id is first looked up in the local HF cache; if it is not there and ``HF_HUB_OFFLINE`` /
-  ``TRANSFORMERS_OFFLINE`` is set, or the download fails, one :class:`~common.errors.BadInputError` says how to point
-  the config at a local folder.
+- a Hugging Face model id is looked up in the local HF cache only: nothing is downloaded at run time unless the
+  caller allows it (``allow_download=True``, the bundles' ``allow_downloads`` config key) and the Hugging Face offline
+  switches (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``) are off. Otherwise, or when the download fails, one
+  :class:`~common.errors.BadInputError` names the id and the config key that set it (``text_encoder_path`` in the
+  bundles) and says how to point it at a local folder.
 """
 
 from __future__ import annotations
@@ -90,9 +92,9 @@ def _offline_mode() -> bool:
     return _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE")
 
 
-def _how_to_use_local_folder(model_id: str) -> str:
+def _how_to_use_local_folder(model_id: str, config_key: str = "name_or_path") -> str:
     return (
-        "Point the text encoder's `name_or_path` config key at a local folder holding config.json, the tokenizer "
+        f"Point the config key `{config_key}` at a local folder holding config.json, the tokenizer "
         "files (vocab.txt or tokenizer.json) and the weights (model.safetensors or pytorch_model.bin), e.g. written "
         f"on a machine with internet access by `AutoTokenizer.from_pretrained('{model_id}').save_pretrained(folder)` "
         f"and `AutoModel.from_pretrained('{model_id}').save_pretrained(folder)`; or fill the Hugging Face cache "
@@ -121,7 +123,7 @@ def _from_pretrained(source: str, local_files_only: bool):
     return tokenizer, model
 
 
-def _load_local_folder(folder: Path):
+def _load_local_folder(folder: Path, config_key: str):
     missing = []
     if not (folder / "config.json").is_file():
         missing.append("config.json")
@@ -133,7 +135,7 @@ def _load_local_folder(folder: Path):
         raise BadInputError(
             folder,
             f"not a text encoder folder: missing {', '.join(missing)}. "
-            f"{_how_to_use_local_folder(DEFAULT_TEXT_ENCODER)}",
+            f"{_how_to_use_local_folder(DEFAULT_TEXT_ENCODER, config_key)}",
         )
     warn_if_standin(folder, "text encoder")
     try:
@@ -142,7 +144,7 @@ def _load_local_folder(folder: Path):
         raise BadInputError(folder, f"cannot load the text encoder from this folder: {type(e).__name__}: {e}") from e
 
 
-def _load_hub_id(model_id: str):
+def _load_hub_id(model_id: str, config_key: str, allow_download: bool):
     not_available = f"the text encoder '{model_id}' is neither a local folder nor in the local Hugging Face cache, and"
     try:
         return _from_pretrained(model_id, local_files_only=True)
@@ -150,11 +152,17 @@ def _load_hub_id(model_id: str):
         pass  # not (completely) cached
     except Exception as e:
         raise BadInputError(model_id, f"cannot load the text encoder: {type(e).__name__}: {e}") from e
+    if not allow_download:
+        raise BadInputError(
+            model_id,
+            f"{not_available} downloads are off (set `allow_downloads` true to let this run download it once). "
+            f"{_how_to_use_local_folder(model_id, config_key)}",
+        )
     if _offline_mode():
         raise BadInputError(
             model_id,
             f"{not_available} Hugging Face offline mode is on (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE), so it cannot "
-            f"be downloaded. {_how_to_use_local_folder(model_id)}",
+            f"be downloaded. {_how_to_use_local_folder(model_id, config_key)}",
         )
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
@@ -166,12 +174,19 @@ def _load_hub_id(model_id: str):
         raise BadInputError(
             model_id,
             f"{not_available} the download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-            f"{_how_to_use_local_folder(model_id)}",
+            f"{_how_to_use_local_folder(model_id, config_key)}",
         ) from e
 
 
-def load_pretrained_text_encoder(name_or_path: str | os.PathLike):
+def load_pretrained_text_encoder(
+    name_or_path: str | os.PathLike, allow_download: bool = False, config_key: str = "name_or_path"
+):
     """Load ``(tokenizer, model)`` from a local folder or a Hugging Face id, offline first (see module docstring).
+
+    Args:
+        name_or_path: the folder or the id.
+        allow_download: fetch an id that is not in the local Hugging Face cache (off by default).
+        config_key: the config key the user set ``name_or_path`` with, named in the errors.
 
     Raises:
         BadInputError: naming the folder or id, with how to provide a local folder.
@@ -179,12 +194,12 @@ def load_pretrained_text_encoder(name_or_path: str | os.PathLike):
     name = os.fspath(name_or_path)
     folder = Path(name).expanduser()
     if folder.is_dir():
-        return _load_local_folder(folder)
+        return _load_local_folder(folder, config_key)
     if not name.strip() or _looks_like_path(name):
         raise BadInputError(
-            name, f"no such folder ({folder.resolve()}). {_how_to_use_local_folder(DEFAULT_TEXT_ENCODER)}"
+            name, f"no such folder ({folder.resolve()}). {_how_to_use_local_folder(DEFAULT_TEXT_ENCODER, config_key)}"
         )
-    return _load_hub_id(name)
+    return _load_hub_id(name, config_key, allow_download)
 
 
 class FrozenTextEncoder(nn.Module):
@@ -204,6 +219,8 @@ class FrozenTextEncoder(nn.Module):
         padding: ``"longest"`` (L = longest text in the batch, padding states are zeros) or ``"max_length"``
             (L = the limit, padding states are BERT's [PAD] states; TextDiff).
         cache: keep the embeddings of texts seen before.
+        allow_download: download an id that is not in the local Hugging Face cache (default: never download).
+        config_key: the config key that set ``name_or_path`` (``text_encoder_path`` in the bundles), named in errors.
 
     Example (TextDiff, ``bundles/textdiff/docs/sources.md`` §2.4)::
 
@@ -222,6 +239,8 @@ class FrozenTextEncoder(nn.Module):
         truncation: bool = False,
         padding: Literal["longest", "max_length"] = "longest",
         cache: bool = True,
+        allow_download: bool = False,
+        config_key: str = "name_or_path",
     ) -> None:
         super().__init__()
         if padding not in ("longest", "max_length"):
@@ -235,7 +254,7 @@ class FrozenTextEncoder(nn.Module):
         self.padding = padding
         self.use_cache = bool(cache)
 
-        tokenizer, model = load_pretrained_text_encoder(self.name_or_path)
+        tokenizer, model = load_pretrained_text_encoder(self.name_or_path, allow_download, config_key)
         if tokenizer.pad_token_id is None:
             raise BadInputError(self.name_or_path, "the tokenizer has no padding token; use a BERT-style encoder.")
         tokenizer.padding_side = "right"  # real tokens first: positions [0, n) (BERT's default)

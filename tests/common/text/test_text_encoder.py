@@ -193,9 +193,29 @@ def test_local_folder_errors(tiny_bert_dir, tmp_path):
 def test_uncached_hub_id_offline_gives_clear_error():
     model_id = "diffseg-tests/not-a-cached-model-0000"
     with pytest.raises(BadInputError) as err:
-        FrozenTextEncoder(model_id)
+        FrozenTextEncoder(model_id, allow_download=True)
     msg = str(err.value)
     assert model_id in msg and "local folder" in msg and "name_or_path" in msg and "offline" in msg
+
+
+def test_nothing_is_downloaded_unless_allowed_and_the_error_names_the_bundle_key(monkeypatch):
+    """Issue 13 defect 10: without the HF offline switches the encoder must not try the network by default, and
+    the error names the key the user sets (``text_encoder_path``), not the inner ``name_or_path``."""
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *a, **k: calls.append(a) or 1 / 0)
+    model_id = "diffseg-tests/not-a-cached-model-0002"
+    with pytest.raises(BadInputError) as err:
+        FrozenTextEncoder(model_id, config_key="text_encoder_path")
+    msg = str(err.value)
+    assert calls == [], "no network request without allow_download"
+    assert msg.startswith(f"{model_id}: ") and "downloads are off (set `allow_downloads` true" in msg
+    assert "`text_encoder_path`" in msg and "name_or_path" not in msg
+    with pytest.raises(BadInputError, match="`text_encoder_path`"):
+        FrozenTextEncoder("./no/such/folder", config_key="text_encoder_path")
 
 
 def test_uncached_hub_id_failed_download_gives_clear_error(monkeypatch):
@@ -210,7 +230,7 @@ def test_uncached_hub_id_failed_download_gives_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_network)
     model_id = "diffseg-tests/not-a-cached-model-0001"
     with pytest.raises(BadInputError, match="download failed .*Connection refused") as err:
-        FrozenTextEncoder(model_id)
+        FrozenTextEncoder(model_id, allow_download=True)
     assert model_id in str(err.value) and "local folder" in str(err.value)
 
 
