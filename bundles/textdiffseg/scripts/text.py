@@ -19,6 +19,7 @@ offline MiniLM). It is loaded on first use (:class:`TextConditioner`), so config
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -30,7 +31,16 @@ from common.text.prompts import resolve_texts
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
-__all__ = ["CaseTextd", "RandPromptTargetd", "TextConditioner", "TextGuidedInferer", "check_class_prompts"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CaseTextd",
+    "RandPromptTargetd",
+    "TextConditioner",
+    "TextGuidedInferer",
+    "check_class_prompts",
+    "check_text_mode",
+]
 
 
 def check_class_prompts(class_prompts: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
@@ -46,6 +56,19 @@ def check_class_prompts(class_prompts: Sequence[Mapping[str, Any]] | None) -> li
             raise BadInputError("class_prompts", f"entry {i} ({p['text']!r}) needs 'labels': a list of class ids > 0")
         out.append({"text": p["text"], "labels": [int(v) for v in labels]})
     return out
+
+
+def check_text_mode(use_case_text: bool, class_prompts: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """:func:`check_class_prompts`, and refuse the case texts together with class prompts (class-prompt mode
+    conditions every pass on a class prompt: the case texts would be ignored without a word)."""
+    checked = check_class_prompts(class_prompts)
+    if use_case_text and checked:
+        raise BadInputError(
+            "use_case_text",
+            "is true but class_prompts are set: in class-prompt mode every pass is conditioned on a class prompt, "
+            "never on the case text; set class_prompts [] to use the case texts, or use_case_text false",
+        )
+    return checked
 
 
 class TextConditioner:
@@ -82,10 +105,22 @@ class TextConditioner:
             self._encoder = FrozenTextEncoder(self._name, truncation=False, padding="longest")
         return self._encoder
 
-    def encode_sentences(self, per_sample: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each sample's sentences encoded separately, real tokens concatenated: -> (B, L, D), (B, L) bool."""
+    def encode_sentences(
+        self, per_sample: Sequence[Sequence[str]], names: Sequence[Any] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's sentences encoded separately, real tokens concatenated: -> (B, L, D), (B, L) bool.
+
+        ``names``: one per sample (case ids), named in the error of a bad or too long sentence (sentence ``i`` of
+        sample ``b`` is ``<name>`` or ``<name> sentence i``)."""
         flat = [s for sents in per_sample for s in sents]
-        emb = self.encoder(flat)
+        flat_names = None
+        if names is not None:
+            flat_names = [
+                str(n) if len(sents) == 1 else f"{n} sentence {i}"
+                for n, sents in zip(names, per_sample)
+                for i in range(len(sents))
+            ]
+        emb = self.encoder(flat, case_ids=flat_names)
         tokens, mask = emb.tokens.cpu(), emb.mask.cpu()
         seqs, j = [], 0
         for sents in per_sample:
@@ -109,6 +144,12 @@ class TextConditioner:
             return [list(self.dataset_prompts) for _ in range(batch)]
         return [[t] for t in resolve_texts(case_texts, batch, self.default_text, case_ids)]
 
+    def names_for(self, batch: int, case_ids: Sequence[Any] | None = None) -> list[str] | None:
+        """What the errors call each sample's text: the case id (case texts) or ``dataset_prompts``."""
+        if not self.use_case_text:
+            return ["dataset_prompts"] * batch
+        return None if case_ids is None else [f"case {c!r} text" for c in case_ids]
+
     def __call__(
         self,
         case_texts: Sequence[Any] | None,
@@ -117,7 +158,9 @@ class TextConditioner:
         case_ids: Sequence[Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Context tokens and mask for a batch, on ``device``."""
-        tokens, mask = self.encode_sentences(self.texts_for(case_texts, batch, case_ids))
+        tokens, mask = self.encode_sentences(
+            self.texts_for(case_texts, batch, case_ids), self.names_for(batch, case_ids)
+        )
         return tokens.to(device), mask.to(device)
 
 
@@ -208,11 +251,11 @@ class TextGuidedInferer:
     i.e. the contract's "sum over foreground classes of the per-class variances" (bundles/README.md, "Outputs").
 
     A typed ``prompt`` (the config's ``prompt``, MONAI Label's ``text`` option through ``displayable_configs``)
-    applies to every image: in dataset-prompt mode it replaces the dataset prompts (with ``use_case_text`` each case's
-    own text wins and the prompt is ignored); in class-prompt mode it must be one of the class prompts (case and
-    surrounding spaces ignored; anything else is a :class:`BadInputError` listing them, since the binary network only
-    learnt those) and only that structure is segmented, in its own channel ``k + 1`` of the same (B, K + 1, ...) output,
-    the other classes staying 0.
+    applies to every image: in dataset-prompt mode it replaces the dataset prompts, and with ``use_case_text`` the
+    case texts (what a MONAI Label user types is the report of the image in view); in class-prompt mode it must be
+    one of the class prompts (case and surrounding spaces ignored; anything else is a :class:`BadInputError` listing
+    them, since the binary network only learnt those) and only that structure is segmented, in its own channel
+    ``k + 1`` of the same (B, K + 1, ...) output, the other classes staying 0. An empty prompt is logged as such.
 
     Args:
         inferer: a :class:`common.inferers.ddim_sliding_window.DDIMSlidingWindowInferer`.
@@ -230,9 +273,14 @@ class TextGuidedInferer:
     ) -> None:
         self.inferer = inferer
         self.conditioner = conditioner
-        self.class_prompts = check_class_prompts(class_prompts)
+        self.class_prompts = check_text_mode(conditioner.use_case_text, class_prompts)
         if prompt is not None and not isinstance(prompt, str):
             raise BadInputError("prompt", f"must be a string or null, got {type(prompt).__name__}")
+        if prompt is not None and not prompt.strip():
+            logger.warning(
+                "the typed prompt is empty: %s are used (leave prompt unset (null) to say so, or type a sentence)",
+                "the class prompts" if self.class_prompts else "the dataset prompts",
+            )
         self.prompt = prompt.strip() if prompt and prompt.strip() else None
         self._selected = range(len(self.class_prompts))
         if self.prompt is not None and self.class_prompts:
@@ -270,8 +318,8 @@ class TextGuidedInferer:
             text = [text] * batch
         kw = {} if return_uncertainty is None else {"return_uncertainty": return_uncertainty}
         if not self.class_prompts:
-            if self.prompt is not None and not self.conditioner.use_case_text:
-                ctx, mask = self.conditioner.encode_sentences([[self.prompt]] * batch)
+            if self.prompt is not None:
+                ctx, mask = self.conditioner.encode_sentences([[self.prompt]] * batch, ["prompt"] * batch)
                 ctx, mask = ctx.to(inputs.device), mask.to(inputs.device)
             else:
                 ctx, mask = self.conditioner(text, batch, inputs.device, case_ids)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from monai.losses import DiceCELoss
 from scripts.network import TrainingOutput
-from scripts.text import TextConditioner
+from scripts.text import TextConditioner, check_text_mode
 
 __all__ = ["TextBatch", "TextDiffSegLoss", "TrainingForward"]
 
@@ -70,9 +70,17 @@ class TrainingForward:
         conditioner: the :class:`scripts.text.TextConditioner`.
         text_from_batch: use the batch's texts (case texts or the class prompts chosen by ``RandPromptTargetd``)
             even when the conditioner is in dataset-prompt mode.
+        class_prompts: the config's class prompts, checked against the conditioner's ``use_case_text``
+            (:func:`scripts.text.check_text_mode`: both at once is an error, not a silent choice).
     """
 
-    def __init__(self, conditioner: TextConditioner, text_from_batch: bool = False) -> None:
+    def __init__(
+        self,
+        conditioner: TextConditioner,
+        text_from_batch: bool = False,
+        class_prompts: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        check_text_mode(conditioner.use_case_text, class_prompts)
         self.conditioner = conditioner
         self.text_from_batch = bool(text_from_batch)
 
@@ -88,9 +96,12 @@ class TrainingForward:
             raise ValueError("TrainingForward needs the label (TextBatch(pass_label=True))")
         batch = inputs.shape[0]
         if self.text_from_batch:
-            ctx, mask = self.conditioner.encode_sentences([[str(t)] for t in (text or [])] or [[""]])
+            names = self.conditioner.names_for(batch, case_ids) if self.conditioner.use_case_text and text else None
+            ctx, mask = self.conditioner.encode_sentences([[str(t)] for t in (text or [])] or [[""]], names)
         else:
-            ctx, mask = self.conditioner.encode_sentences(self.conditioner.texts_for(text, batch, case_ids))
+            ctx, mask = self.conditioner.encode_sentences(
+                self.conditioner.texts_for(text, batch, case_ids), self.conditioner.names_for(batch, case_ids)
+            )
         return network(inputs, label.long(), ctx.to(inputs.device), mask.to(inputs.device))
 
 

@@ -361,4 +361,31 @@ def test_typed_prompt_replaces_the_dataset_prompts(tiny_bert_dir):
     assert torch.equal(seen[1][0], ref_prompt) and not torch.equal(seen[1][0][:, : ref_dataset.shape[1]], ref_dataset)
     per_case = TextConditioner(enc, use_case_text=True)
     TextGuidedInferer(sampler, per_case, prompt="the liver")(image, None, text=["liver tumor", "a cyst"])
-    assert torch.equal(seen[3][0], per_case.encode_sentences([["liver tumor"], ["a cyst"]])[0])
+    assert torch.equal(seen[3][0], ref_prompt)  # a typed prompt replaces the case texts too (never ignored)
+    TextGuidedInferer(sampler, per_case)(image, None, text=["liver tumor", "a cyst"])
+    assert torch.equal(seen[4][0], per_case.encode_sentences([["liver tumor"], ["a cyst"]])[0])
+
+
+def test_text_settings_that_would_be_ignored_are_refused_or_said(tiny_bert_dir, caplog):
+    """Issue 13 defect 11: use_case_text with class prompts is an error (the case texts would be ignored); an empty
+    typed prompt says what is used instead; a too long case text names its case, not ``text[0]``."""
+    import logging
+
+    from common.errors import BadInputError
+    from common.text.encoder import FrozenTextEncoder
+    from scripts.text import TextConditioner, TextGuidedInferer
+    from scripts.training import TrainingForward
+
+    enc = FrozenTextEncoder(str(tiny_bert_dir), truncation=False, padding="longest")
+    per_case = TextConditioner(enc, use_case_text=True)
+    prompts = [{"text": "a kidney", "labels": [1]}]
+    for build in (lambda: TextGuidedInferer(None, per_case, prompts), lambda: TrainingForward(per_case, True, prompts)):
+        with pytest.raises(BadInputError, match="^use_case_text: is true but class_prompts are set"):
+            build()
+    with caplog.at_level(logging.WARNING):
+        TextGuidedInferer(None, TextConditioner(enc, dataset_prompts=["a liver"]), prompt="")
+    assert "the typed prompt is empty: the dataset prompts are used" in caplog.text
+    long_text = " ".join(["kidney"] * 80)  # the tiny BERT takes 64 positions
+    with pytest.raises(BadInputError) as info:
+        per_case(["a cyst", long_text], 2, case_ids=["case_00001", "case_00002"])
+    assert str(info.value).startswith("case 'case_00002' text: ") and "text[" not in str(info.value)
