@@ -34,7 +34,7 @@ from pathlib import Path
 from common.errors import OutputWriteError
 from common.io.atomic import _split_extension
 
-__all__ = ["verify_written_file", "disk_space_hint"]
+__all__ = ["check_file_decodes", "verify_written_file", "disk_space_hint"]
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _ZIP_EXTENSIONS = (".pt", ".pth", ".ckpt", ".zip")
@@ -106,6 +106,31 @@ def _check_gzip(path: Path) -> None:
             pass
 
 
+def check_file_decodes(path: str | PathLike, name: str | None = None) -> None:
+    """Read the whole file by its format (``name``'s extension, default ``path``'s): images decoded, NIfTI voxels
+    read, zip members CRC-checked, safetensors sizes matched, JSON parsed, gzip streams read to the end.
+
+    Raises:
+        ValueError: saying what is wrong (empty, truncated, does not decode); the caller names the file.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError("is empty")
+    ext = _split_extension(Path(name or path.name).name)[1].lower()
+    if ext in _IMAGE_EXTENSIONS:
+        _check_image(path, ext)
+    elif ext in (".nii", ".nii.gz"):
+        _check_nifti(path)
+    elif ext in _ZIP_EXTENSIONS:
+        _check_zip(path)
+    elif ext == ".safetensors":
+        _check_safetensors(path)
+    elif ext == ".json":
+        json.loads(path.read_text(encoding="utf-8"))
+    elif ext == ".gz":
+        _check_gzip(path)
+
+
 def verify_written_file(path: str | PathLike, final_name: str | None = None, expected_size: int | None = None) -> None:
     """Raise :class:`~common.errors.OutputWriteError` unless the file at ``path`` is complete and readable.
 
@@ -126,19 +151,7 @@ def verify_written_file(path: str | PathLike, final_name: str | None = None, exp
             raise ValueError("is empty")
         if expected_size is not None and size != expected_size:
             raise ValueError(f"is {size} bytes, {expected_size} were written")
-        ext = _split_extension(shown.name)[1].lower()
-        if ext in _IMAGE_EXTENSIONS:
-            _check_image(path, ext)
-        elif ext in (".nii", ".nii.gz"):
-            _check_nifti(path)
-        elif ext in _ZIP_EXTENSIONS:
-            _check_zip(path)
-        elif ext == ".safetensors":
-            _check_safetensors(path)
-        elif ext == ".json":
-            json.loads(path.read_text(encoding="utf-8"))
-        elif ext == ".gz":
-            _check_gzip(path)
+        check_file_decodes(path, shown.name)
     except OutputWriteError:
         raise
     except Exception as err:  # every reader has its own error types for truncated data

@@ -26,6 +26,7 @@ __all__ = [
     "COMMON_OPTIONS",
     "DatasetConverter",
     "case_key",
+    "check_listed_files",
     "file_suffix",
     "lookup_text",
     "load_text_file",
@@ -43,6 +44,47 @@ COMMON_OPTIONS: dict[str, tuple[Any, str]] = {
 }
 
 _KNOWN_SUFFIXES = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".xml", ".npz")
+
+
+def check_listed_files(datalist: Mapping[str, Any], dst: Path, num_workers: int | None = None) -> None:
+    """Read every image and label file the datalist lists, completely (:func:`common.io.verify.check_file_decodes`),
+    in a thread pool: a truncated or corrupt file of the release fails the conversion, not a training hours later.
+
+    Raises:
+        BadInputError: naming every file that does not decode (the first 20) and what is wrong with it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from common.io.verify import check_file_decodes
+
+    files: list[Path] = []
+    for split in datalist.values():
+        if not isinstance(split, list):
+            continue
+        for entry in split:
+            if not isinstance(entry, Mapping):
+                continue
+            for key in ("image", "label"):
+                values = entry.get(key)
+                for v in values if isinstance(values, list) else [values] if values else []:
+                    p = Path(v)
+                    files.append(p if p.is_absolute() else (dst / p).resolve())
+    files = list(dict.fromkeys(files))
+
+    def problem(path: Path) -> str | None:
+        try:
+            check_file_decodes(path)
+        except FileNotFoundError:
+            return f"{path}: not found"
+        except Exception as err:  # each reader raises its own types for truncated data
+            return f"{path}: {err}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=num_workers or min(8, os.cpu_count() or 1)) as pool:
+        bad = [p for p in pool.map(problem, files) if p]
+    if bad:
+        shown = "; ".join(bad[:20]) + (f"; ... {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise BadInputError(bad[0].split(": ", 1)[0], f"{len(bad)} of {len(files)} listed files do not read: {shown}")
 
 
 def case_key(name: str | os.PathLike) -> str:
@@ -183,6 +225,7 @@ class DatasetConverter(abc.ABC):
         layout = self.check_layout(src, merged)
         dst.mkdir(parents=True, exist_ok=True)
         datalist = self.build(layout, dst, **merged)
+        check_listed_files(datalist, dst)
         return write_datalist(dst / merged["datalist_name"], datalist, check_files=True)
 
     def layout_error(self, missing: str | os.PathLike, what: str = "missing") -> BadInputError:

@@ -8,7 +8,10 @@ Layout::
 Texts (every case needs one, the datalist format's rule; a text-guided bundle conditions on it): ``text_file`` (JSON
 or CSV ``image|case_id|name -> text|description``, see :func:`common.data.converters.base.load_text_file`) and/or one
 ``text`` for every case the file does not list (e.g. the prompt a bundle was trained with). Images are referenced in
-place (not copied).
+place (not copied), except TIFF: the bundles read 2D images as PNG/JPEG/BMP (MONAI's PIL reader), so a ``.tif`` /
+``.tiff`` image or mask is written once as ``DST/images|labels/<case>.png`` with its pixels unchanged (8- or 16-bit
+grey, 8-bit RGB/RGBA; other TIFF flavours -- float, multi-page, more channels -- are refused naming the file).
+Every file the datalist lists is then read completely (a truncated file fails the conversion).
 
 Splits: without ``SRC/labels`` every case goes to ``test`` (an inference-only datalist: segment your images with a
 trained bundle). With labels, ``split="auto"`` (default) splits the cases with
@@ -64,6 +67,34 @@ def _size_2d(path: Path) -> tuple[int, int]:
             return im.size
     except Exception as err:
         raise BadInputError(path, f"cannot read the image ({err})") from None
+
+
+def _tiff_as_png(src: Path, dst: Path) -> Path:
+    """Write the single-page TIFF ``src`` as the PNG ``dst`` with its pixel values unchanged; returns ``dst``."""
+    import numpy as np
+    from common.io.atomic import atomic_path
+    from PIL import Image
+
+    try:
+        import tifffile
+
+        arr = np.asarray(tifffile.imread(src))
+    except Exception as err:
+        raise BadInputError(src, f"cannot read the TIFF ({type(err).__name__}: {err})") from None
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) RGB -> (H, W, C)
+    grey = arr.ndim == 2
+    if not (grey and arr.dtype in (np.uint8, np.uint16)) and not (
+        arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8
+    ):
+        raise BadInputError(
+            src,
+            f"TIFF of shape {arr.shape} and type {arr.dtype} has no PNG equivalent (8/16-bit grey or 8-bit RGB/RGBA): "
+            "export it as PNG yourself (a multi-page or float TIFF needs a choice of page or scaling)",
+        )
+    with atomic_path(dst) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return dst
 
 
 def _by_case(files: list[Path]) -> dict[str, Path]:
@@ -142,16 +173,24 @@ class FolderConverter(DatasetConverter):
 
                 check_pair(image, label, float(options["affine_atol"]))
 
+        def readable(path: Path, kind: str) -> Path:
+            if layout.spatial_dims == 2 and path.suffix.lower() in (".tif", ".tiff"):
+                return _tiff_as_png(path, dst / kind / f"{case_key(path)}.png")
+            return path
+
+        images = {cid: readable(f, "images") for cid, f in layout.images.items()}
+        labels = {cid: readable(f, "labels") for cid, f in layout.labels.items()}
+
         def entry(cid: str) -> dict[str, Any]:
             from_file = table is not None and (cid in table or not isinstance(text, str) or not text.strip())
             e = {
                 "case_id": cid,
-                "image": relative_path(layout.images[cid], dst),
+                "image": relative_path(images[cid], dst),
                 "text": lookup_text(table, cid, options["text_file"]) if from_file else str(text).strip(),
                 "text_source": "dataset" if from_file else "given",
             }
-            if cid in layout.labels:
-                e["label"] = relative_path(layout.labels[cid], dst)
+            if cid in labels:
+                e["label"] = relative_path(labels[cid], dst)
             return e
 
         names = options["label_names"]

@@ -75,7 +75,7 @@ def test_new_converter_is_one_decorated_class(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(BadInputError, match="cases: missing folder; expected layout:\n  cases/<id>.png"):
         get_converter("toy").convert(tmp_path, tmp_path / "out")
     (tmp_path / "cases").mkdir()
-    (tmp_path / "cases" / "1.png").write_bytes(b"x")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "cases" / "1.png")  # converters read what they list
     assert load_datalist(get_converter("toy").convert(tmp_path, tmp_path / "out"))[0]["case_id"] == "1"
     with pytest.raises(BadInputError, match="unknown option\\(s\\) \\['colour'\\]"):
         get_converter("toy").convert(tmp_path, tmp_path / "out", colour="red")
@@ -509,6 +509,54 @@ def test_folder_with_labels_splits_and_texts_come_from_a_file(tmp_path):
     with pytest.raises(BadInputError, match="img0.png: same case name 'img0' as img0.jpg"):
         get_converter("folder").convert(src, tmp_path / "out4", text="x")
     assert doc["labels"] == {"0": "background", "1": "nucleus"} and doc["modality"] == {"0": "histology"}
+
+
+def test_folder_tiff_becomes_png_that_the_bundles_read(tmp_path):
+    """Issue 13 defect 12: the folder converter accepted .tif, which no bundle could load; TIFF images and masks are
+    now written as PNG with the same pixels, read by the bundles' own loader; a float TIFF is refused by name."""
+    from common.transforms.checks import CheckedLoadImaged
+
+    src = tmp_path / "mine"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (30, 44, 3), dtype=np.uint8)
+    grey16 = rng.integers(0, 65535, (30, 44), dtype=np.uint16)
+    mask = np.zeros((30, 44), np.uint8)
+    mask[4:12, 6:30] = 1
+    tifffile.imwrite(src / "images" / "a.tif", rgb)
+    tifffile.imwrite(src / "images" / "b.tiff", grey16)
+    for c in ("a", "b"):
+        tifffile.imwrite(src / "labels" / f"{c}.tif", mask)
+    path = get_converter("folder").convert(src, tmp_path / "out", text="x", split="test")
+    cases = {c["case_id"]: c for c in load_datalist(path, "test")}
+    assert {Path(c["image"]).suffix for c in cases.values()} == {".png"}
+    np.testing.assert_array_equal(np.asarray(Image.open(cases["a"]["image"])), rgb)
+    np.testing.assert_array_equal(np.asarray(Image.open(cases["b"]["image"])), grey16)
+    loaded = CheckedLoadImaged(keys=["image", "label"], ensure_channel_first=True)(cases["a"])
+    assert tuple(loaded["image"].shape) == (3, 44, 30) and int(loaded["label"].max()) == 1
+    tifffile.imwrite(src / "images" / "a.tif", rng.random((30, 44)).astype(np.float32))
+    with pytest.raises(BadInputError, match="a.tif: TIFF of shape \\(30, 44\\) and type float32 has no PNG"):
+        get_converter("folder").convert(src, tmp_path / "out2", text="x")
+
+
+def test_converters_read_every_listed_file(tmp_path):
+    """Issue 13 defect 12: a truncated volume or image passed conversion; now every listed file is read."""
+    src = _own_2d(tmp_path / "mine", n=4)
+    for i in (1, 3):
+        data = (src / "images" / f"img{i}.png").read_bytes()
+        (src / "images" / f"img{i}.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadInputError) as info:
+        get_converter("folder").convert(src, tmp_path / "out", text="x")
+    message = str(info.value)
+    assert "2 of 8 listed files do not read" in message and "img1.png" in message and "img3.png" in message
+    assert not (tmp_path / "out" / "datalist.json").exists()
+    make_msd_like(tmp_path / "raw", n_train=2, n_test=0, shape_range=(16, 18), seed=0)
+    task = next((tmp_path / "raw").iterdir())
+    volume = sorted((task / "imagesTr").glob("*.nii.gz"))[0]
+    volume.write_bytes(volume.read_bytes()[:-400])
+    with pytest.raises(BadInputError, match=f"{volume.name}: .*1 of 4 listed files do not read"):
+        get_converter("msd").convert(task, tmp_path / "msd")
 
 
 def test_folder_3d_pairs_and_bad_input_is_named(tmp_path):
