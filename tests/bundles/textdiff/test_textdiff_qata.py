@@ -93,10 +93,11 @@ def test_qata_converter_errors_name_the_file(tmp_path):
 
 
 def test_label_efficient_subset_is_seeded_and_recorded(tmp_path):
-    from common.data.subsets import select_training_subset
+    from common.data.subsets import select_training_subset, write_training_subset
 
     cases = [{"case_id": f"c{i}"} for i in range(30)]
-    a = select_training_subset(cases, 5, seed=40, record_path=tmp_path / "train_cases.json")
+    a = select_training_subset(cases, 5, seed=40)
+    assert write_training_subset(a, 40, tmp_path / "train_cases.json")
     assert a == select_training_subset(cases, 5, seed=40) and len(a) == 5
     assert a != select_training_subset(cases, 5, seed=41)
     assert [c["case_id"] for c in a] == sorted((c["case_id"] for c in a), key=lambda s: int(s[1:]))  # datalist order
