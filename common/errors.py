@@ -43,7 +43,7 @@ class OutputWriteError(OSError):
         problem: what went wrong.
     """
 
-    def __init__(self, path: str | PathLike, problem: str) -> None:
+    def __init__(self, path: str | PathLike, problem: str) -> None:  # noqa: B042 -- see __reduce__
         self.source = str(path)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
