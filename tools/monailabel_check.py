@@ -30,6 +30,11 @@ Steps (each timed, written to ``<work>/report.json`` and printed as a table):
    /train/<bundle>?run_sync=true`` for one epoch with MONAI Label's defaults (val_split 0.2, fine-tuning the served
    ``models/model.pt``, which must be rewritten), then ``/infer`` on a datastore image must still return a valid
    label (Dice reported, not required: one epoch on 6 images may move it).
+
+``--load N`` adds, after step 7, a load phase on the same server: per bundle, N ``/infer`` requests of its first
+request sent at once (N threads released together; each with a time limit, so the phase ends by itself), every one
+must succeed with a label equal, voxel for voxel, to the sequential one; p50 / p95 / max latency are reported, and
+the server's peak resident memory (its whole process tree, sampled every 0.1 s over the phase).
 """
 
 from __future__ import annotations
@@ -92,6 +97,8 @@ class Report:
     info_detail: str = ""
     checks: list[Check] = field(default_factory=list)
     server_log: str = ""
+    load: list[dict] = field(default_factory=list)
+    load_peak_rss_mb: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -243,6 +250,121 @@ def infer_and_check(
     except Exception as e:  # noqa: BLE001 - reported, not raised
         check.detail = f"unreadable label file {label_path}: {type(e).__name__}: {e}"
     return check
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """Resident memory of process ``root`` and all its descendants (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+class PeakRSS:
+    """Sample the resident memory of a process tree every ``interval`` s in a thread; ``peak`` in bytes."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        import threading
+
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_rss_bytes(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1)))))
+    return ordered[k]
+
+
+def load_and_check(
+    base: str, bundle: str, name: str, params: dict, image_id: str, reference: Path, n: int, timeout: float
+) -> tuple[Check, dict]:
+    """``n`` concurrent ``POST /infer/<bundle>`` of one request; all must return HTTP 200 and a label equal to the
+    sequential ``reference``. Returns the check and ``{"bundle", "request", "n", "ok", "equal", "p50_s", "p95_s",
+    "max_s", "wall_s"}``."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    body, ctype = multipart({"params": json.dumps({**params, "device": "cpu"})})
+    query = urllib.parse.urlencode({"image": image_id, "output": "image"})
+    expected = load_spatial(reference)[0]
+    start = threading.Barrier(n)
+    folder = reference.parent / f"load_{bundle}"
+    folder.mkdir(exist_ok=True)
+
+    def one(i: int) -> tuple[float, int, bool, str]:
+        start.wait(timeout=60)
+        t = time.perf_counter()
+        try:
+            status, _, content = http(f"{base}/infer/{bundle}?{query}", body, {"Content-Type": ctype}, timeout)
+        except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as e:
+            return time.perf_counter() - t, 0, False, f"{type(e).__name__}: {e}"
+        seconds = time.perf_counter() - t
+        if status != 200:
+            return seconds, status, False, content[:300].decode(errors="replace")
+        out = folder / f"{i}{file_suffix(reference)}"
+        out.write_bytes(content)
+        try:
+            same = bool(np.array_equal(load_spatial(out)[0], expected))
+        except Exception as e:  # noqa: BLE001 - reported
+            return seconds, status, False, f"unreadable label: {e}"
+        return seconds, status, same, "" if same else "label differs from the sequential one"
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(one, range(n)))
+    wall = time.perf_counter() - t0
+    latencies = [r[0] for r in results]
+    ok200 = sum(r[1] == 200 for r in results)
+    equal = sum(r[2] for r in results)
+    row = {
+        "bundle": bundle,
+        "request": name,
+        "n": n,
+        "ok": ok200,
+        "equal": equal,
+        "p50_s": round(_percentile(latencies, 50), 2),
+        "p95_s": round(_percentile(latencies, 95), 2),
+        "max_s": round(max(latencies), 2),
+        "wall_s": round(wall, 2),
+    }
+    problems = sorted({r[3] for r in results if r[3]})
+    check = Check(bundle, f"load: {n} concurrent [{name}]", ok200 == n and equal == n, wall)
+    check.detail = (
+        f"{ok200}/{n} HTTP 200, {equal}/{n} equal to the sequential label; latency p50 {row['p50_s']} s, p95 "
+        f"{row['p95_s']} s, max {row['max_s']} s" + (f"; {'; '.join(problems)[:500]}" if problems else "")
+    )
+    return check, row
 
 
 def train_and_check(
@@ -408,7 +530,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
     ap.add_argument("--startup-timeout", type=float, default=600.0)
     ap.add_argument("--skip-train", action="store_true", help="skip the /train phase (one extra server per bundle)")
+    ap.add_argument("--load", type=int, default=0, metavar="N", help="N concurrent /infer requests per bundle (0: off)")
+    ap.add_argument("--load-timeout", type=float, default=1800.0, help="time limit of each load request (s)")
     args = ap.parse_args(argv)
+    if not 0 <= args.load <= 64:
+        print("error: --load must be between 0 and 64 (the check is bounded)", file=sys.stderr)
+        return 2
 
     venv, work = Path(args.venv).resolve(), Path(args.work).resolve()
     if not (venv / "bin" / "monailabel").is_file():
@@ -522,6 +649,27 @@ def main(argv: list[str] | None = None) -> int:
                     f"{check.detail}",
                     flush=True,
                 )
+        if args.load:
+            print(f"[monailabel] 7b/9 load: {args.load} concurrent /infer per bundle", flush=True)
+            t = time.perf_counter()
+            with PeakRSS(proc.pid) as rss:
+                for b in args.bundles:
+                    first = next((c for c in report.checks if c.bundle == b and c.label_file), None)
+                    if first is None or not first.ok:
+                        report.checks.append(Check(b, "load", False, None, "no valid sequential label to compare"))
+                        continue
+                    name, params = REQUESTS[b][0]
+                    image_id, _, case = images[b]
+                    params = {k: (case.get("text") if v == "<case text>" else v) for k, v in params.items()}
+                    check, row = load_and_check(
+                        base, b, name, params, image_id, Path(first.label_file), args.load, args.load_timeout
+                    )
+                    report.checks.append(check)
+                    report.load.append(row)
+                    print(f"[monailabel]   {b} {'ok' if check.ok else 'FAILED'}: {check.detail}", flush=True)
+            report.load_peak_rss_mb = round(rss.peak / 2**20, 1)
+            report.timings_s["load"] = time.perf_counter() - t
+            print(f"[monailabel]   server peak RSS over the load phase: {report.load_peak_rss_mb} MiB", flush=True)
     except RuntimeError as e:
         report.info_detail = report.info_detail or str(e)
         print(f"error: {e}", file=sys.stderr)
@@ -549,6 +697,17 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| bundle | request | result | seconds | detail |\n|---|---|---|---|---|")
     for c in report.checks:
         print(f"| {c.bundle} | {c.request} | {'ok' if c.ok else 'FAILED'} | {c.seconds or 0:.1f} | {c.detail} |")
+    if report.load:
+        print(
+            "\n| bundle | request | concurrent | HTTP 200 | equal | p50 s | p95 s | max s |\n"
+            "|---|---|---|---|---|---|---|---|"
+        )
+        for row in report.load:
+            print(
+                f"| {row['bundle']} | {row['request']} | {row['n']} | {row['ok']} | {row['equal']} | {row['p50_s']} | "
+                f"{row['p95_s']} | {row['max_s']} |"
+            )
+        print(f"server peak RSS (process tree, sampled every 0.1 s): {report.load_peak_rss_mb} MiB")
     print(
         f"\n/info: {'ok' if report.info_ok else 'FAILED'}; timings (s): "
         + ", ".join(f"{k} {v:.1f}" for k, v in report.timings_s.items())
