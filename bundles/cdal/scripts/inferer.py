@@ -173,7 +173,8 @@ class CDALInferer(SamplingInferer):
             size = tuple(x.shape[2:])
             if self.resize_to is not None:
                 target = (self.resize_to,) * 2 if isinstance(self.resize_to, int) else tuple(self.resize_to)
-                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+                # antialiased as PIL's bilinear shrink of the official loader (common.transforms.resize)
+                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True)
             roi = (self.roi_size,) * 2 if isinstance(self.roi_size, int) else tuple(self.roi_size)
             sw = SlidingWindowInferer(roi_size=roi, sw_batch_size=self.sw_batch_size, overlap=self.overlap)
             maps = sw(x, self._predictor_2d(network, gen))

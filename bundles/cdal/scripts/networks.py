@@ -459,7 +459,8 @@ class CDALDiscriminator(nn.Module):
         self.blocks = nn.ModuleList(
             DownConvBlock(widths[k], widths[k + 1], t_emb_dim, downs[k], fir_kernel) for k in range(len(downs))
         )
-        self.final_conv = _conv(widths[-1] + 1, widths[-1], 3)
+        # DDGAN's Discriminator_small starts its final conv at init_scale 0 (weights ~1e-7), the large one at 1
+        self.final_conv = _conv(widths[-1] + 1, widths[-1], 3, init_scale=0.0 if variant == "small" else 1.0)
         self.end_linear = default_dense(widths[-1], 1)
         self.stddev_group, self.stddev_feat = 4, 1
         self.feature_channels = tuple(widths)

@@ -75,8 +75,10 @@ class EMAUpdater:
     """Exponential moving average of a network's parameters kept in ``ema_network`` (a copy of it).
 
     ``ema = decay * ema + (1 - decay) * param`` after each generator step; buffers are copied. DDGAN's EMA
-    optimiser wrapper does the same (decay 0.999 for Hippocampus, bundles/cdal/docs/sources.md §4). The EMA network is
-    what ``ResumableCheckpointer(final_model_key="ema")`` exports.
+    optimiser wrapper (``EMA.py``) does the same, and starts the average from the weights after the first step
+    (``ema = param`` then), not from the initial ones: ``update(first=True)`` does that (the trainer passes it on the
+    run's first iteration, never after a resume). Decay 0.999 for Hippocampus, bundles/cdal/docs/sources.md §4. The
+    EMA network is what ``ResumableCheckpointer(final_model_key="ema")`` exports.
     """
 
     def __init__(self, network: nn.Module, ema_network: nn.Module, decay: float = 0.999) -> None:
@@ -86,10 +88,14 @@ class EMAUpdater:
         self.ema_network.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, first: bool = False) -> None:
+        """One EMA step after an optimiser step; ``first``: the first step of training (the average starts there)."""
         src = unwrap_network(self.network)
         for e, p in zip(self.ema_network.parameters(), src.parameters()):
-            e.lerp_(p.detach(), 1.0 - self.decay)
+            if first:
+                e.copy_(p.detach())
+            else:
+                e.lerp_(p.detach(), 1.0 - self.decay)
         for e, b in zip(self.ema_network.buffers(), src.buffers()):
             e.copy_(b)
 
@@ -226,7 +232,7 @@ class CDALTrainer(Trainer):
         self.optimizer_g.step()
         d.requires_grad_(True)
         if self.ema is not None:
-            self.ema.update()
+            self.ema.update(first=engine.state.iteration == 1)
         # a list of one dict, as a decollated MONAI trainer output: what MONAI's handlers (``from_engine(['loss'],
         # first=True)`` of ``--tracking mlflow``) read
         return [

@@ -243,3 +243,8 @@ def test_ema_update_rule():
     updater.update()
     assert torch.allclose(ema.weight, 0.9 * before + 0.1 * net.weight)
     assert not ema.weight.requires_grad
+    # DDGAN's EMA.py starts the average at the weights after the first optimiser step (issue 12 §2)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    updater.update(first=True)
+    assert torch.equal(ema.weight, net.weight)

@@ -118,6 +118,15 @@ def test_generator_and_discriminator_shapes_and_feature_tap():
     assert CDALDiscriminator(1, 64, 256, "large").feature_channels == (128, 256, 512, 512, 512, 512, 512)
 
 
+def test_small_discriminator_final_conv_starts_near_zero_as_ddgan():
+    """DDGAN's Discriminator_small: ``final_conv`` at init_scale 0 (official weight std 1.5e-7); the large one at 1."""
+    torch.manual_seed(0)
+    small = CDALDiscriminator(1, 64, 128, "small", init_normal_std=None)
+    assert small.final_conv.weight.std() < 1e-6 and small.blocks[0].conv1[0].weight.std() > 1e-3
+    large = CDALDiscriminator(1, 64, 256, "large", init_normal_std=None)
+    assert large.final_conv.weight.std() > 1e-3
+
+
 def test_attention_map_is_the_upsampled_channel_mean_of_the_chosen_feature_map():
     d = CDALDiscriminator(label_channels=1, ngf=4, t_emb_dim=16, variant="large")
     x_lo, x_hi, t = torch.randn(2, 1, 64, 64), torch.randn(2, 1, 64, 64), torch.tensor([1, 2])
