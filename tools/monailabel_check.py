@@ -581,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = json.loads((bundle / "configs" / "demo.json").read_text())["demo_dataset"]
         out = work / "train" / b
         overrides = bundle_run_paths(datalists[dataset], out)
+        if b == "diffboost":  # its demo chains four stages (tools/demo.py); the served segmenter alone: the baseline
+            overrides.update({k: str(v) for k, v in MONAILABEL_TRAIN["diffboost"].items()})
         print(f"[monailabel]   {b}: no {found}, training briefly on the demo data ...", flush=True)
         r = run_step(bundle, ["configs/train.json", "configs/demo.json"], overrides, out / "train.log")
         if r.returncode != 0:
