@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from os import PathLike
 from typing import Any
 
-__all__ = ["BadInputError", "OutputWriteError", "find_bad_input_error", "find_error", "format_list", "short_message"]
+__all__ = [
+    "BadInputError",
+    "OutputWriteError",
+    "find_bad_input_error",
+    "find_error",
+    "format_list",
+    "format_problems",
+    "short_message",
+]
 
 MAX_LISTED = 5  # how many offending keys/values a message lists
 
@@ -77,6 +85,14 @@ def format_list(items: Sequence[Any], limit: int = MAX_LISTED) -> str:
     items = list(items)
     shown = ", ".join(repr(i) if isinstance(i, str) else str(i) for i in items[:limit])
     return f"[{shown}{', ...' if len(items) > limit else ''}]"
+
+
+def format_problems(problems: Sequence[str], limit: int = 20) -> str:
+    """``"p1; p2; ...; ... N more"``: at most ``limit`` problem sentences of one error message (missing files,
+    unreadable files), the rest counted."""
+    problems = list(problems)
+    more = f"; ... {len(problems) - limit} more" if len(problems) > limit else ""
+    return "; ".join(problems[:limit]) + more
 
 
 def short_message(err: BaseException, limit: int = 300) -> str:

@@ -17,7 +17,6 @@ why), 1 for a bug. ``--bundle`` is a folder name under ``bundles/`` or the path 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,16 +24,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from common.data.converters.__main__ import parse_option  # noqa: E402
 from common.data.integrity import STAGE_KEYS, verify_bundle_dataset  # noqa: E402
 from common.utils import error_report  # noqa: E402
 from common.utils.bundles import BUNDLES_DIR  # noqa: E402
-
-
-def _value(text: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", action="append", default=[], help="overlay under the bundle's configs/ (or a path), repeatable"
     )
     parser.add_argument("--stage", choices=sorted(STAGE_KEYS), default="train", help="the run to check for")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (JSON)")
+    parser.add_argument(
+        "--set", action="append", default=[], type=parse_option, metavar="KEY=VALUE", help="config override (JSON)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="threads (default: CPUs, at most 8)")
     return parser
 
@@ -61,25 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         known = sorted(p.name for p in BUNDLES_DIR.iterdir() if (p / "configs").is_dir())
         print(f"ERROR: {args.bundle}: not a bundle folder (known: {', '.join(known)})", file=sys.stderr)
         return 2
-    overrides = {}
-    for item in args.set:
-        key, sep, text = item.partition("=")
-        if not sep:
-            print(f"ERROR: --set {item}: expected KEY=VALUE", file=sys.stderr)
-            return 2
-        overrides[key] = _value(text)
     try:
-        report = verify_bundle_dataset(bundle, args.datalist, args.config, args.stage, overrides, args.workers)
+        report = verify_bundle_dataset(bundle, args.datalist, args.config, args.stage, dict(args.set), args.workers)
     except Exception as err:  # the table is printed already; the problem, not a traceback, is what the user reads
         if error_report.exit_code(err) != error_report.EXIT_BAD_INPUT:
             raise  # a bug: the traceback, then the last line (error_report's hook)
         print(error_report.last_line(err), file=sys.stderr, flush=True)
         return error_report.EXIT_BAD_INPUT
-    per_100 = 100 * report.seconds / max(1, report.n_cases)
     empty = f", {len(report.empty_masks)} empty masks (allowed)" if report.empty_masks else ""
     print(
         f"OK: {args.datalist}: {report.n_cases} cases pass the {bundle.name} {args.stage} checks{empty} "
-        f"({report.seconds:.1f} s, {per_100:.1f} s per 100 cases)"
+        f"({report.seconds:.1f} s, {report.seconds_per_100:.1f} s per 100 cases)"
     )
     return 0
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common.errors import BadInputError
+from common.errors import BadInputError, format_problems
 from common.io.atomic import atomic_path
 
 __all__ = [
@@ -230,8 +230,7 @@ def load_datalist(
     if len(missing) == 1:
         raise BadInputError(path, f"split {split!r}, {missing[0]}")
     if missing:  # every missing file in one message (a moved folder is one fix, not one rerun per case)
-        shown = "; ".join(missing[:20]) + (f"; ... {len(missing) - 20} more" if len(missing) > 20 else "")
-        raise BadInputError(path, f"split {split!r}: {len(missing)} files not found: {shown}")
+        raise BadInputError(path, f"split {split!r}: {len(missing)} files not found: {format_problems(missing)}")
     return entries
 
 

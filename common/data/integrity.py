@@ -80,6 +80,11 @@ class IntegrityReport:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def seconds_per_100(self) -> float:
+        """Wall time of the check per 100 cases."""
+        return 100 * self.seconds / max(1, self.n_cases)
+
     def table(self, limit: int = 200) -> str:
         """The problems as a Markdown table (``| case | file | problem |``), at most ``limit`` rows."""
         rows = ["| case | file | problem |", "|---|---|---|"]
@@ -200,11 +205,10 @@ def require_valid_dataset(
             if case in empty:
                 fix = "remove the case or fix the mask, or set allow_empty_masks true to train with empty masks"
                 report.problems.append(CaseProblem(case, str(entry.get("label", case)), f"{EMPTY_MASK}; {fix}"))
-    per_100 = 100 * report.seconds / max(1, report.n_cases)
     logger.info(
-        f"dataset check of {source}: {report.n_cases} cases in {report.seconds:.1f} s ({per_100:.1f} s per 100 "
-        f"cases), {len(report.problems)} with problems, {len(report.empty_masks)} empty masks"
-        + (" (allowed)" if allow_empty_masks and report.empty_masks else "")
+        f"dataset check of {source}: {report.n_cases} cases in {report.seconds:.1f} s "
+        f"({report.seconds_per_100:.1f} s per 100 cases), {len(report.problems)} with problems, "
+        f"{len(report.empty_masks)} empty masks" + (" (allowed)" if allow_empty_masks and report.empty_masks else "")
     )
     if training and report.n_labelled and len(report.empty_masks) == report.n_labelled:
         raise BadInputError(source, f"every one of the {report.n_labelled} training masks is empty: nothing to learn")

@@ -194,8 +194,6 @@ class AtomicPath:
 
     def _write_error(self, err: BaseException) -> BaseException | None:
         """The :class:`~common.errors.OutputWriteError` for a write that did not reach the disk, else ``None``."""
-        if not isinstance(err, (OSError, RuntimeError)):
-            return None
         problem = _write_failure(err, self.final_path.parent, self.size_hint or self.expected_size)
         if problem is None:
             return None

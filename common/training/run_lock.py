@@ -61,6 +61,7 @@ class RunLock:
     def __init__(self, folder: str | PathLike, what: str = "training") -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILENAME
+        self._key = str(self.path.resolve())  # this process's registry key (_HELD)
         self.what = what
         self._file: IO[str] | None = None
 
@@ -94,7 +95,7 @@ class RunLock:
             logger.warning(f"{self.folder}: no file locking on this platform; run one {self.what} per folder")
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        earlier = _HELD.get(str(self.path.resolve()))
+        earlier = _HELD.get(self._key)
         if earlier is not None and earlier is not self:
             logger.warning(f"{self.folder}: taking over the lock of an earlier {self.what} of this process")
             earlier.release()
@@ -119,15 +120,15 @@ class RunLock:
         handle.write(json.dumps(info) + "\n")
         handle.flush()
         self._file = handle
-        _HELD[str(self.path.resolve())] = self
+        _HELD[self._key] = self
         return self
 
     def release(self) -> None:
         """Give the lock up (idempotent); the file is emptied, not removed."""
         if self._file is None:
             return
-        if _HELD.get(str(self.path.resolve())) is self:
-            del _HELD[str(self.path.resolve())]
+        if _HELD.get(self._key) is self:
+            del _HELD[self._key]
         try:
             self._file.seek(0)
             self._file.truncate()

@@ -62,34 +62,26 @@ def test_an_empty_mask_and_a_broken_image_are_both_reported(bundle, demo_datalis
         verify_bundle_dataset(f"bundles/{bundle}", datalist, ["demo.json"], overrides={"allow_empty_masks": True})
 
 
+def _verify(*args: object) -> subprocess.CompletedProcess:
+    """``tools/verify_dataset.py ARGS`` in a child process (offline, this checkout's ``common``)."""
+    return subprocess.run(
+        tool_command("verify_dataset.py", *args), capture_output=True, text=True, env=bundle_run_env(), timeout=300
+    )
+
+
 def test_command_line_exit_codes_and_last_line(demo_datalists, tmp_path):
     datalist = _copy(demo_datalists["monuseg"], tmp_path / "data")
-    env = bundle_run_env()
-    ok = subprocess.run(
-        tool_command("verify_dataset.py", datalist, "--bundle", "cdal", "--config", "demo.json"),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    ok = _verify(datalist, "--bundle", "cdal", "--config", "demo.json")
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert ok.stdout.strip().splitlines()[-1].startswith(f"OK: {datalist}:")
     label = _first_training_label(datalist)
     label.write_bytes(b"\x89PNG truncated")
-    bad = subprocess.run(
-        tool_command("verify_dataset.py", datalist, "--bundle", "cdal", "--config", "demo.json"),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    bad = _verify(datalist, "--bundle", "cdal", "--config", "demo.json")
     assert bad.returncode == 2, bad.stderr[-2000:]
     last = bad.stderr.strip().splitlines()[-1]
     assert last.startswith(f"ERROR: {datalist}: 1 of") and label.name in last and "Traceback" not in bad.stderr
     assert f"| {label.stem} | {label} |" in bad.stderr  # the table row: case, file, problem
-    unknown = subprocess.run(
-        tool_command("verify_dataset.py", datalist, "--bundle", "nosuch"), capture_output=True, text=True, env=env
-    )
+    unknown = _verify(datalist, "--bundle", "nosuch")
     assert unknown.returncode == 2 and "nosuch: not a bundle folder" in unknown.stderr.strip().splitlines()[-1]
     json.loads(datalist.read_text())  # the check never rewrites the datalist
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from common.data.datalist import DATALIST_FILENAME, write_datalist
-from common.errors import BadInputError
+from common.errors import BadInputError, format_problems
 
 __all__ = [
     "COMMON_OPTIONS",
@@ -83,8 +83,9 @@ def check_listed_files(datalist: Mapping[str, Any], dst: Path, num_workers: int 
     with ThreadPoolExecutor(max_workers=num_workers or min(8, os.cpu_count() or 1)) as pool:
         bad = [p for p in pool.map(problem, files) if p]
     if bad:
-        shown = "; ".join(bad[:20]) + (f"; ... {len(bad) - 20} more" if len(bad) > 20 else "")
-        raise BadInputError(bad[0].split(": ", 1)[0], f"{len(bad)} of {len(files)} listed files do not read: {shown}")
+        raise BadInputError(
+            bad[0].split(": ", 1)[0], f"{len(bad)} of {len(files)} listed files do not read: {format_problems(bad)}"
+        )
 
 
 def case_key(name: str | os.PathLike) -> str:
